@@ -1,0 +1,299 @@
+"""The content-aware integer quantizer behind every DynaQuant Brevitas preset.
+
+Parametrisation (shared by all bit widths, so the bit width can change at run time):
+
+* ``range_c`` > 0, learned per channel: the real-valued span the integer grid covers. For a signed
+  quantizer the grid is symmetric and narrow, ``[-(2^(b-1)-1), 2^(b-1)-1]``, and covers
+  ``offset_c +- range_c``; the step is ``range_c / (2^(b-1) - 1)``. For an unsigned quantizer the
+  grid is ``[0, 2^b - 1]`` and covers ``[offset_c, offset_c + range_c]``; the step is
+  ``range_c / (2^b - 1)``.
+* ``offset_c``, learned per channel (optional): the real value that integer 0 stands for.
+
+For bit width ``b`` this gives Brevitas's affine form with a float zero point::
+
+    s = range / qmax(b)        z = -offset / s
+    q = clamp(round(x / s + z), qmin(b), qmax(b))        x_hat = s * (q - z)
+
+Changing ``b`` changes only the step, never the learned range and offset, so no recalibration is
+needed. Gradients reaching ``range`` and ``offset`` are scaled as in LSQ by
+``1 / sqrt(elements_per_channel * qmax(b))``.
+
+Per-sample bit widths: when a :class:`BitChoice` is set, sample ``n`` is quantized with the
+candidate selected for it. The output is ``sum_k w[n, k] * Q_k(x)`` with ``w`` one-hot in the
+forward pass, so values are exact, while a straight-through Gumbel-softmax ``w`` still receives a
+gradient for every candidate. A weight quantizer returns one quantized weight per sample
+(shape ``(N, *weight.shape)``) in that case; the DynaQuant layers run it as a grouped convolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
+
+_MIN_RANGE = 1e-8
+_MAX_STATS_SAMPLES = 1 << 16
+
+
+class QuantizerNotCalibratedError(RuntimeError):
+    """An activation quantizer was asked to quantize before it saw any calibration data."""
+
+
+def int_range(bits: int, signed: bool, narrow_range: bool) -> Tuple[int, int]:
+    """Integer bounds ``(qmin, qmax)`` of a ``bits``-wide grid.
+
+    Example:
+        >>> int_range(8, signed=True, narrow_range=True), int_range(4, signed=False, narrow_range=False)
+        ((-127, 127), (0, 15))
+    """
+    if signed:
+        qmax = 2 ** (bits - 1) - 1
+        return (-qmax if narrow_range else -qmax - 1), qmax
+    return 0, 2**bits - 1 - (1 if narrow_range else 0)
+
+
+@dataclass
+class BitChoice:
+    """Which candidate bit width each sample of a batch uses, for one layer.
+
+    Attributes:
+        candidates: the candidate bit widths, e.g. ``(4, 6, 8)``.
+        weights: ``(N, K)`` selection weights, one-hot in value; in training they carry the
+            straight-through gradient of the Gumbel-softmax.
+    """
+
+    candidates: Tuple[int, ...]
+    weights: Tensor
+
+    @property
+    def index(self) -> Tensor:
+        """``(N,)`` index of the chosen candidate per sample."""
+        return self.weights.argmax(dim=1)
+
+    @property
+    def bits(self) -> Tensor:
+        """``(N,)`` chosen bit width per sample."""
+        table = torch.tensor(self.candidates, device=self.weights.device, dtype=torch.float32)
+        return table[self.index]
+
+    def uniform_bits(self) -> Optional[int]:
+        """The common bit width when every sample uses the same one and no gradient is needed."""
+        if self.weights.requires_grad and torch.is_grad_enabled():
+            return None
+        index = self.index
+        if bool((index == index[0]).all()):
+            return self.candidates[int(index[0])]
+        return None
+
+
+def _scale_grad(param: Tensor, factor: float) -> Tensor:
+    """Identity in value; multiplies the gradient by ``factor`` (the LSQ trick)."""
+    scaled = param * factor
+    return (param - scaled).detach() + scaled
+
+
+class ContentAwareIntQuant(nn.Module):
+    """Brevitas ``tensor_quant`` with learned per-channel range and offset (see module docstring).
+
+    Its ``forward(x)`` returns ``(x_hat, scale, zero_point, bit_width)`` as Brevitas expects.
+    Channel-wise parameters are created on the first input (or from the tracked weight), so the
+    same quantizer class serves any layer width; a state dict restores them with their shape.
+
+    Activation quantizers initialise ``range`` and ``offset`` from percentiles of what they see
+    during calibration: the first ``calibration_steps`` training batches, or an explicit
+    :func:`dynaquant_brevitas.calibrate` pass. Weight quantizers initialise from the weight.
+    """
+
+    def __init__(
+        self,
+        float_to_int_impl: nn.Module,
+        bit_width: int,
+        signed: bool,
+        narrow_range: bool,
+        learn_range: bool,
+        learn_offset: bool,
+        per_channel: bool,
+        is_weight: bool,
+        stats_percentile: float,
+        calibration_steps: int,
+        channel_dim: int = 1,
+        tracked_parameter_list: Optional[List[Tensor]] = None,
+    ) -> None:
+        super().__init__()
+        _check_bits(bit_width)
+        if not 50.0 < stats_percentile <= 100.0:
+            raise ValueError(f"stats_percentile must be in (50, 100], got {stats_percentile}")
+        self.float_to_int_impl = float_to_int_impl
+        self.signed = bool(signed)
+        self.narrow_range = bool(narrow_range)
+        self.learn_range = bool(learn_range)
+        self.learn_offset = bool(learn_offset)
+        self.per_channel = bool(per_channel)
+        self.is_weight = bool(is_weight)
+        self.stats_percentile = float(stats_percentile)
+        self.calibration_steps = int(calibration_steps)
+        self.channel_dim = int(channel_dim)
+        self.range = nn.Parameter(torch.empty(0), requires_grad=self.learn_range)
+        self.offset = nn.Parameter(torch.empty(0), requires_grad=self.learn_offset)
+        self.register_buffer("static_bit_width", torch.tensor(float(bit_width)))
+        self.register_buffer("observed_batches", torch.tensor(0, dtype=torch.long))
+        self.bit_choice: Optional[BitChoice] = None
+        self.collecting = False
+        self.input_ndim = 2 if channel_dim == -1 else 4
+        if self.is_weight and tracked_parameter_list:
+            with torch.no_grad():
+                self._observe(tracked_parameter_list[0].detach())
+
+    # -- public knobs ---------------------------------------------------------------------------
+
+    @property
+    def initialized(self) -> bool:
+        return self.range.numel() > 0
+
+    def set_bit_width(self, bits: int) -> None:
+        """Use ``bits`` from now on for every sample (clears any per-sample choice)."""
+        _check_bits(bits)
+        self.static_bit_width.fill_(float(bits))
+        self.bit_choice = None
+
+    def levels(self, bits: int) -> Tuple[int, int]:
+        return int_range(bits, self.signed, self.narrow_range)
+
+    # -- statistics -----------------------------------------------------------------------------
+
+    def _channels_first(self, x: Tensor) -> Tensor:
+        """``x`` as ``(C, elements)`` (or ``(1, elements)`` when per tensor)."""
+        if not self.per_channel:
+            return x.reshape(1, -1)
+        dim = self.channel_dim % x.dim()
+        return x.transpose(0, dim).reshape(x.shape[dim], -1)
+
+    def _observe(self, x: Tensor) -> None:
+        """Fold one batch of statistics into ``range`` and ``offset`` (running mean of percentiles)."""
+        flat = self._channels_first(x.detach().float())
+        if flat.shape[1] > _MAX_STATS_SAMPLES:
+            stride = -(-flat.shape[1] // _MAX_STATS_SAMPLES)
+            flat = flat[:, ::stride]
+        q = self.stats_percentile / 100.0
+        if self.is_weight and not self.learn_offset:
+            hi = torch.quantile(flat.abs(), q, dim=1) if q < 1 else flat.abs().amax(dim=1)
+            lo = -hi
+        elif q < 1:
+            hi = torch.quantile(flat, q, dim=1)
+            lo = torch.quantile(flat, 1.0 - q, dim=1)
+        else:
+            hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+        if self.signed:
+            new_offset = (hi + lo) / 2 if self.learn_offset else torch.zeros_like(hi)
+            new_range = torch.maximum(hi - new_offset, new_offset - lo)
+        else:
+            new_offset = lo if self.learn_offset else torch.zeros_like(lo)
+            new_range = hi - new_offset
+        new_range = new_range.clamp_min(_MIN_RANGE)
+        count = int(self.observed_batches)
+        if self.initialized and count > 0 and self.range.shape == new_range.shape:
+            new_range = (self.range.detach() * count + new_range) / (count + 1)
+            new_offset = (self.offset.detach() * count + new_offset) / (count + 1)
+        # Assign .data so that an optimizer built before the first batch keeps valid references.
+        self.range.data = new_range.to(self.range.device if self.initialized else x.device)
+        self.offset.data = new_offset.to(self.range.device)
+        self.observed_batches += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("range", "offset"):
+            key = prefix + name
+            if key in state_dict:
+                getattr(self, name).data = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- quantization -----------------------------------------------------------------------------
+
+    def _param_view(self, param: Tensor, ndim: int) -> Tensor:
+        """``param`` shaped to broadcast over an ``ndim``-dimensional input."""
+        if not self.per_channel:
+            return param.reshape(())
+        shape = [1] * ndim
+        shape[self.channel_dim % ndim] = -1
+        return param.reshape(shape)
+
+    def _quantize(self, x: Tensor, bits: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        qmin, qmax = self.levels(bits)
+        per_channel_elements = max(1, x.numel() // max(1, self.range.numel()))
+        factor = 1.0 / (per_channel_elements * qmax) ** 0.5
+        range_ = _scale_grad(self.range, factor) if self.learn_range else self.range
+        offset = _scale_grad(self.offset, factor) if self.learn_offset else self.offset
+        ndim = x.dim() if x.dim() > 0 else self.input_ndim
+        range_ = self._param_view(range_, ndim).clamp_min(_MIN_RANGE)
+        offset = self._param_view(offset, ndim)
+        scale = range_ / qmax
+        zero_point = -offset / scale
+        q = torch.clamp(self.float_to_int_impl(x / scale + zero_point), qmin, qmax)
+        x_hat = (q - zero_point) * scale
+        return x_hat, scale, zero_point, torch.tensor(float(bits), device=x.device)
+
+    def _quantize_per_sample(self, x: Tensor, choice: BitChoice) -> Tuple[Tensor, ...]:
+        outputs = [self._quantize(x, bits) for bits in choice.candidates]
+        w = choice.weights.to(x.dtype)
+
+        def mix(parts: List[Tensor]) -> Tensor:
+            # weights gain a leading sample dimension; activations already have one
+            parts = [p.unsqueeze(0) for p in parts] if self.is_weight else parts
+            view = (-1,) + (1,) * (parts[0].dim() - 1)
+            return sum(w[:, k].reshape(view) * p for k, p in enumerate(parts))
+
+        x_hat = mix([o[0] for o in outputs])
+        scale = mix([o[1] for o in outputs])
+        zero_point = mix([o[2] for o in outputs])
+        table = torch.tensor(choice.candidates, dtype=w.dtype, device=w.device)
+        return x_hat, scale, zero_point, (w.detach() * table).sum(1)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        sentinel = x.dim() == 0  # Brevitas asks for scale/zero-point with a scalar input
+        if not sentinel:
+            self.input_ndim = x.dim()
+            if self.collecting or self._auto_calibrating():
+                self._observe(x)
+        if not self.initialized:
+            raise QuantizerNotCalibratedError(
+                "DynaQuant activation quantizer has seen no calibration data: run "
+                "dynaquant_brevitas.calibrate(model, samples) or train a few steps first"
+            )
+        if self.collecting:
+            _, scale, zero_point, bit_width = self._quantize(x, int(self.static_bit_width))
+            return x, scale, zero_point, bit_width
+        choice = self.bit_choice
+        if choice is None or sentinel:
+            return self._quantize(x, int(self.static_bit_width))
+        bits = choice.uniform_bits()
+        if bits is not None:
+            return self._quantize(x, bits)
+        return self._quantize_per_sample(x, choice)
+
+    def _auto_calibrating(self) -> bool:
+        if self.is_weight:
+            return not self.initialized
+        return self.training and int(self.observed_batches) < self.calibration_steps
+
+    def extra_repr(self) -> str:
+        kind = "signed" if self.signed else "unsigned"
+        channels = self.range.numel() if self.per_channel else "per-tensor"
+        return f"{kind}, bits={int(self.static_bit_width)}, channels={channels}, learn_offset={self.learn_offset}"
+
+
+def _check_bits(bits: int) -> None:
+    if int(bits) != bits or not 2 <= bits <= 16:
+        raise ValueError(f"bit width must be an integer in 2..16, got {bits}")
+
+
+def candidate_bits(candidates: Sequence[int]) -> Tuple[int, ...]:
+    """Validated, sorted, de-duplicated candidate bit widths."""
+    values = tuple(sorted({int(b) for b in candidates}))
+    if not values:
+        raise ValueError("candidate bit widths must not be empty")
+    for b in values:
+        _check_bits(b)
+    return values
