@@ -18,4 +18,11 @@ from .quant import (
     Uint8ActPerChannelDGM,
 )
 
+from .quant.calibration import calibrate
+from .config import DynaQuantConfig
+from .layers import DynaQuantConv2d, DynaQuantConvTranspose2d, DynaQuantLinear, DynaQuantMaskedConv2d
+from .selector import BitSelector
+from .cost import bit_loss, bit_report, layer_macs, model_size_bytes
+from .transform import UnsupportedModuleError, dynaquant_layers, dynaquantize, freeze, plan_quantization
+
 __version__ = "0.1.0"

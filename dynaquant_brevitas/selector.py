@@ -1,0 +1,89 @@
+"""The bit-width selector: per-image features in, one bit-width choice per layer out.
+
+Features are pooled from the output of the first module of a transform: the mean over a
+``pool x pool`` grid and the per-channel standard deviation (a cheap texture measure). A two-layer
+MLP turns them into logits of shape ``(N, layers, candidates)``. Training samples a hard choice
+with the straight-through Gumbel-softmax; evaluation takes the argmax, so a decoder that sees the
+same features makes the same choice and no bit widths are transmitted.
+
+Example:
+    >>> import torch
+    >>> selector = BitSelector(channels=16, layers=3, candidates=(4, 6, 8)).eval()
+    >>> selection = selector(torch.randn(2, 16, 32, 32))
+    >>> selection.weights.shape, selection.probs.shape
+    (torch.Size([2, 3, 3]), torch.Size([2, 3, 3]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["BitSelector", "Selection"]
+
+
+@dataclass
+class Selection:
+    """A selector's decision for one batch.
+
+    Attributes:
+        probs: ``(N, L, K)`` softmax probabilities (what the bit loss takes the expectation over).
+        weights: ``(N, L, K)`` one-hot selection, with straight-through gradients in training.
+        candidates: the candidate bit widths.
+    """
+
+    probs: Tensor
+    weights: Tensor
+    candidates: Tuple[int, ...]
+
+    @property
+    def bits(self) -> Tensor:
+        """``(N, L)`` chosen bit widths."""
+        table = torch.tensor(self.candidates, dtype=self.probs.dtype, device=self.probs.device)
+        return table[self.weights.argmax(dim=-1)]
+
+
+class BitSelector(nn.Module):
+    """Pooled statistics -> MLP -> per-layer bit-width choice (see module docstring)."""
+
+    def __init__(
+        self,
+        channels: int,
+        layers: int,
+        candidates: Sequence[int],
+        hidden: int = 64,
+        pool: int = 5,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.candidates = tuple(int(b) for b in candidates)
+        self.layers = int(layers)
+        self.pool = int(pool)
+        self.register_buffer("temperature", torch.tensor(1.0))
+        features = channels * (pool * pool + 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, self.layers * len(self.candidates)),
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled grid means and per-channel spread; the codec's transform gets no gradient."""
+        x = x.detach()
+        pooled = F.adaptive_avg_pool2d(x, self.pool).flatten(1)
+        spread = x.flatten(2).std(dim=2, unbiased=False)
+        return torch.cat([pooled, spread], dim=1)
+
+    def forward(self, x: Tensor) -> Selection:
+        logits = self.mlp(self.features(x)).view(x.shape[0], self.layers, len(self.candidates))
+        probs = logits.softmax(dim=-1)
+        if self.training:
+            weights = F.gumbel_softmax(logits, tau=float(self.temperature), hard=True, dim=-1)
+        else:
+            weights = F.one_hot(logits.argmax(dim=-1), len(self.candidates)).to(logits.dtype)
+        return Selection(probs=probs, weights=weights, candidates=self.candidates)
