@@ -1,0 +1,8 @@
+"""``python -m dynaquant_brevitas`` runs the ``dynaquant`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

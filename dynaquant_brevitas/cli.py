@@ -1,0 +1,79 @@
+"""The ``dynaquant`` command line: a parser with one subcommand per module in :mod:`.commands`.
+
+To add a subcommand, write ``commands/NAME.py`` with ``add_parser(subparsers)`` and
+``run(args) -> int`` and append ``"NAME"`` to :data:`COMMANDS`.
+
+Example:
+    >>> main(["--version"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from types import ModuleType
+from typing import Sequence
+
+#: Subcommand modules under ``dynaquant_brevitas.commands``, in help order.
+COMMANDS: tuple[str, ...] = ("train",)
+
+#: Exit status for errors in the user's input (bad file, bad config, refused container).
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+
+    return (ValueError, OSError, CheckpointError)
+
+
+def load_commands() -> dict[str, ModuleType]:
+    """The subcommand modules by name."""
+    return {name: importlib.import_module(f"{__package__}.commands.{name}") for name in COMMANDS}
+
+
+def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dynaquant",
+        description="DynaQuant: dynamic mixed-precision quantization of CompressAI image codecs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in (commands or load_commands()).items():
+        module.add_parser(sub).set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dynaquant`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("dynaquant: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"dynaquant {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as err:  # a bug: still no raw traceback unless asked for
+        if args.debug or os.environ.get("DYNAQUANT_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"dynaquant {args.command}: internal error: {type(err).__name__}: {err} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

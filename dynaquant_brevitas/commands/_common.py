@@ -1,0 +1,74 @@
+"""Helpers shared by subcommands: YAML configuration with ``--set`` overrides, user errors.
+
+Example:
+    >>> apply_overrides({"train": {"lr": 1e-3}}, ["train.lr=3e-4", "model.N=32"])
+    {'train': {'lr': 0.0003}, 'model': {'N': 32}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the CLI prints it without a traceback."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` and repeatable ``--set section.key=value`` (value parsed as YAML)."""
+    parser.add_argument("-c", "--config", type=Path, help="YAML configuration file")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a configuration entry, e.g. --set train.lr=3e-4 (repeatable; value is YAML)",
+    )
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (``{}`` for ``None``)."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"config {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(dict(config))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise UsageError(f"--set {item!r}: value is not valid YAML: {err}") from err
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The YAML file named by ``--config`` with every ``--set`` applied."""
+    return apply_overrides(read_yaml(args.config), args.overrides)

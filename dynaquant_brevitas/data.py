@@ -1,0 +1,99 @@
+"""Image loading and the training dataset (random crops and flips of an image folder).
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(f"{root}/a.png")
+    >>> ds = ImageFolderCrops(root, patch_size=32)
+    >>> ds[0].shape
+    torch.Size([3, 32, 32])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """An image folder or image file cannot be used."""
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``root``, sorted by name; raises :class:`DataError` if none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
+    return files
+
+
+def read_image_uint8(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image as a ``(3, H, W)`` uint8 tensor."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An RGB image as a ``(1, 3, H, W)`` float tensor in [0, 1]."""
+    return read_image_uint8(path).float().div(255.0).unsqueeze(0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Round a [0, 1] float image to 8-bit levels (uint8, same shape)."""
+    return x.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def write_image(x: torch.Tensor, path: str | os.PathLike) -> None:
+    """Save a ``(1, 3, H, W)`` or ``(3, H, W)`` [0, 1] image as PNG (or by suffix)."""
+    x = to_uint8(x.squeeze(0) if x.dim() == 4 else x)
+    Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+class ImageFolderCrops(Dataset):
+    """Random ``patch_size`` crops with random horizontal and vertical flips of every image in a folder.
+
+    Images are decoded once and kept in memory as uint8 (the training set is small); images
+    smaller than the patch are padded by reflection. Randomness comes from torch's global
+    generator (or the worker's), so a run is reproducible from its RNG state.
+    """
+
+    def __init__(self, root: str | os.PathLike, patch_size: int = 256, cache: bool = True) -> None:
+        self.files = list_images(root)
+        self.patch_size = int(patch_size)
+        self._cache: dict[int, torch.Tensor] = {} if cache else None  # type: ignore[assignment]
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomCrop(self.patch_size, pad_if_needed=True, padding_mode="reflect"),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomVerticalFlip(),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, index: int) -> torch.Tensor:
+        if self._cache is None:
+            return read_image_uint8(self.files[index])
+        if index not in self._cache:
+            self._cache[index] = read_image_uint8(self.files[index])
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self._image(index)).float().div(255.0)
