@@ -1,0 +1,217 @@
+"""FINN's front end on an exported QONNX graph: streamline, map to hardware layers, fold, estimate.
+
+The stages follow finn-plus's own build steps (``step_qonnx_to_finn`` ... ``step_set_folding``),
+called directly so no Vivado, no build directory layout and none of the builder's optional
+dependencies are needed. Each stage is a function from ``ModelWrapper`` to ``ModelWrapper``.
+
+Example (see ``tests/test_finn.py`` for a whole encoder)::
+
+    model = to_hw(streamline(to_finn(ModelWrapper("g_a.onnx"))))
+    model, partition = dataflow_partition(model)
+    partition = fold(specialize(partition), target_cycles=100_000)
+    report = estimates(partition, clock_ns=5.0)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_FPGA_PART",
+    "dataflow_partition",
+    "estimates",
+    "finn_flow",
+    "fold",
+    "prepare_qonnx",
+    "run_finn",
+    "specialize",
+    "streamline",
+    "to_finn",
+    "to_hw",
+]
+
+#: A Zynq UltraScale+ part (ZCU104); only used for resource estimates, no Vivado is run.
+DEFAULT_FPGA_PART = "xczu7ev-ffvc1156-2-e"
+
+
+def _ensure_build_dir() -> None:
+    if not os.environ.get("FINN_BUILD_DIR"):
+        os.environ["FINN_BUILD_DIR"] = tempfile.mkdtemp(prefix="finn_build_")
+
+
+def to_finn(model, max_threshold_bits: int = 10):
+    """QONNX to FINN-ONNX: activation ``Quant`` to ``MultiThreshold``, weights to integers."""
+    _ensure_build_dir()
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from finn.transformation.qonnx.quant_act_to_multithreshold import default_filter_function_generator
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames, RemoveStaticGraphInputs
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.cleanup import cleanup_model
+
+    model = cleanup_model(model)
+    model = model.transform(
+        ConvertQONNXtoFINN(
+            filter_function=default_filter_function_generator(max_multithreshold_bit_width=max_threshold_bits)
+        )
+    )
+    for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(),
+              InferDataTypes(), RemoveStaticGraphInputs()):
+        model = model.transform(t)
+    return model
+
+
+def streamline(model):
+    """Lower transposed convolutions and convolutions to MatMul, absorb scales into thresholds."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC, MoveTransposePastEltwise
+    from qonnx.transformation.general import RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    from .deconv import LowerConvTransposeToPixelPadding
+    from .thresholds import AbsorbClampIntoMultiThreshold, AbsorbReluIntoMultiThreshold
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
+    model = model.transform(Streamline())
+    model = model.transform(AbsorbClampIntoMultiThreshold())
+    model = model.transform(AbsorbReluIntoMultiThreshold())
+    model = model.transform(LowerConvTransposeToPixelPadding())
+    model = model.transform(LowerConvsToMatMul())
+    for t in (InferShapes(), InferDataTypes(), MakeMaxPoolNHWC(), absorb.AbsorbTransposeIntoMultiThreshold(),
+              MakeMaxPoolNHWC(), absorb.AbsorbConsecutiveTransposes(), MoveTransposePastEltwise(),
+              absorb.AbsorbConsecutiveTransposes(), Streamline(),
+              InferDataLayouts(), RemoveUnusedTensors()):
+        model = model.transform(t)
+    return model
+
+
+def to_hw(model):
+    """Convert streamlined nodes to FINN hardware layers (finn-plus's ``step_convert_to_hw`` order)."""
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
+        InferElementwiseBinaryOperation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.duplicate_streams import InferDuplicateStreamsLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.fm_padding import InferFMPadding
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.relu_as_elementwise_max import InferReLUAsElementwiseMax
+    from finn.transformation.fpgadataflow.convert_to_hw.requant import InferRequantLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.shuffle import InferShuffle
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    steps = [
+        InferQuantizedMatrixVectorActivation(),
+        InferRequantLayer(bitwidth_threshold=9),
+        InferThresholdingLayer(),
+        InferFMPadding(),
+        InferConvInpGen(),
+        InferElementwiseBinaryOperation(InferElementwiseBinaryOperation.reject_output_dequant),
+        InferReLUAsElementwiseMax(),
+        InferDuplicateStreamsLayer(),
+        AbsorbConsecutiveTransposes(),
+        RemoveCNVtoFCFlatten(),
+        GiveUniqueNodeNames(),
+        InferDataLayouts(),
+        InferDataTypes(),
+        InferShapes(),
+        InferShuffle(),
+    ]
+    for t in steps:
+        model = model.transform(t)
+    return model
+
+
+def dataflow_partition(model):
+    """Split off the hardware layers (``CreateDataflowPartition``); returns (parent, partition)."""
+    from finn.analysis.fpgadataflow.unsupported_layers import unsupported_layers
+    from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    ok, culprit = model.analysis(unsupported_layers)[:2] if isinstance(model.analysis(unsupported_layers), tuple) else (True, None)
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=tempfile.mkdtemp(prefix="finn_sdp_")))
+    sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    if len(sdp) != 1:
+        raise RuntimeError(f"expected one dataflow partition, found {len(sdp)}")
+    return parent, ModelWrapper(getCustomOp(sdp[0]).get_nodeattr("model"))
+
+
+def specialize(model, fpga_part: str = DEFAULT_FPGA_PART):
+    """Pick HLS or RTL implementations (``SpecializeLayers``)."""
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (SpecializeLayers(fpga_part), GiveUniqueNodeNames(), InferShapes(), InferDataTypes()):
+        model = model.transform(t)
+    return model
+
+
+def fold(model, target_cycles: int):
+    """Set PE/SIMD so each layer needs at most ``target_cycles`` cycles per frame (``SetFolding``)."""
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    model = model.transform(SetFolding(target_cycles_per_frame=target_cycles))
+    return model.transform(GiveUniqueNodeNames())
+
+
+def estimates(model, clock_ns: float, fpga_part: str = DEFAULT_FPGA_PART) -> Dict[str, Any]:
+    """FINN's own analyses: ``exp_cycles_per_layer``, ``res_estimation``, ``dataflow_performance``."""
+    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+
+    cycles = model.analysis(exp_cycles_per_layer)
+    resources = model.analysis(lambda m: res_estimation(m, fpgapart=fpga_part))
+    model = model.transform(AnnotateCycles())
+    perf = model.analysis(dataflow_performance)
+    max_cycles = int(perf["max_cycles"])
+    return {
+        "clock_ns": clock_ns,
+        "cycles_per_layer": {k: int(v) for k, v in cycles.items()},
+        "resources_per_layer": resources,
+        "max_cycles": max_cycles,
+        "critical_path_cycles": int(perf["critical_path_cycles"]),
+        "fps": 1e9 / clock_ns / max_cycles,
+    }
+
+
+def run_finn(model, x: np.ndarray) -> np.ndarray:
+    """Execute a FINN graph (Python mode for hardware layers) on one input."""
+    from finn.core.onnx_exec import execute_onnx
+
+    name = model.graph.input[0].name
+    out = execute_onnx(model, {name: np.asarray(x, dtype=np.float32)})
+    return out[model.graph.output[0].name]
+
+
+def finn_flow(model) -> Any:
+    """to_finn, streamline and to_hw in one call."""
+    return to_hw(streamline(to_finn(model)))
+
+
+def prepare_qonnx(model, extra_weight_bits: int = 2):
+    """The FINN-specific rewrite of a folded QONNX graph: integer dot products (see ``integer``)."""
+    from .integer import absorb_activation_scales
+
+    return absorb_activation_scales(model, extra_weight_bits)[0]

@@ -1,0 +1,240 @@
+"""Fold float zero points out of a QONNX graph, exactly, so every quantizer has zero point 0.
+
+DynaQuant's activation quantizers learn a per-channel offset ``o``, which Brevitas exports as a
+float zero point ``z = -o / s`` on a ``Quant`` node::
+
+    x_hat = s * (clamp(round(x / s + z), qmin, qmax) - z)
+
+FINN needs zero point 0. Split ``z = zi + zf`` into its nearest integer ``zi`` and a fraction
+``zf`` in ``[-0.5, 0.5]`` and write ``p = q - zi``, an integer on the shifted grid
+``[qmin - zi, qmax - zi]``::
+
+    p = clamp(round((x + s * zf) / s), qmin - zi, qmax - zi)        x_hat = s * p - s * zf
+
+so the graph becomes ``Add(s * zf) -> Quant(zero point 0, shifted grid) -> consumer``. The
+remaining constant ``c = -s * zf`` is not dropped: a convolution's zero padding (and a transposed
+convolution's inserted zeros) pad ``x_hat`` with 0, not with ``c``, so ``conv(x_hat)`` equals
+``conv(s * p) + conv(c)`` only when ``conv(c)`` is computed with the same padding. That map is
+evaluated once with the layer's own weights (bias left out) and added after the layer. It is
+absent when the zero points are integers, which is what calibration on a ReLU output gives
+(``z = -qmax``: the signed grid then sits on ``[0, 2 * qmax]``, an unsigned narrow grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
+from qonnx.custom_op.general.quant import max_int, min_int
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.basic import get_by_name
+
+__all__ = ["FoldReport", "FoldedQuant", "fold_zero_points", "quant_grid"]
+
+_LINEAR_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+@dataclass
+class FoldedQuant:
+    """What happened to one activation ``Quant`` node."""
+
+    node: str
+    bits: int
+    signed: bool
+    narrow: bool
+    integer_shift: List[int]
+    fraction_max: float
+    clamped_per_channel: bool
+    correction_after: List[str] = field(default_factory=list)
+
+
+@dataclass
+class FoldReport:
+    """Every activation quantizer touched by :func:`fold_zero_points`."""
+
+    folded: List[FoldedQuant] = field(default_factory=list)
+
+    @property
+    def correction_maps(self) -> int:
+        """How many layers needed a constant correction map (fractional zero points)."""
+        return sum(len(f.correction_after) for f in self.folded)
+
+
+def quant_grid(lo: int, hi: int) -> Tuple[int, bool, bool, bool]:
+    """Smallest ``Quant`` grid ``(bits, signed, narrow, exact)`` that holds ``[lo, hi]``.
+
+    ``exact`` says whether the grid is exactly ``[lo, hi]`` (no extra clamp needed).
+
+    Example:
+        >>> quant_grid(0, 254), quant_grid(-127, 127), quant_grid(-3, 200)
+        ((8, False, True, True), (8, True, True, True), (9, True, False, False))
+    """
+    best = None
+    for bits in range(1, 33):
+        for signed in (False, True):
+            for narrow in (False, True):
+                gmin = int(min_int(signed, narrow, bits))
+                gmax = int(max_int(signed, narrow, bits))
+                if gmin > lo or gmax < hi or gmin >= gmax:
+                    continue
+                exact = gmin == lo and gmax == hi
+                if exact:
+                    return bits, signed, narrow, True
+                if best is None:
+                    best = (bits, signed, narrow, False)
+        if best is not None:
+            return best
+    raise ValueError(f"no integer grid of at most 32 bits holds [{lo}, {hi}]")
+
+
+def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapper, FoldReport]:
+    """Rewrite every activation ``Quant`` with a nonzero zero point (see the module docstring).
+
+    Args:
+        model: a QONNX model as exported by Brevitas (shapes are inferred here).
+        snap: zero points within ``snap`` of an integer are treated as integers (``0`` keeps the
+            rewrite exact; a small value such as ``1e-3`` removes float noise such as
+            ``-127.00001`` at a cost of at most ``snap`` input steps per element).
+
+    Returns:
+        The rewritten model and a :class:`FoldReport`.
+    """
+    model = model.transform(InferShapes())
+    context = _constant_context(model)
+    report = FoldReport()
+    for node in [n for n in model.graph.node if n.op_type == "Quant"]:
+        folded = _fold_one(model, node, context, snap)
+        if folded is not None:
+            report.folded.append(folded)
+    _scalar_zero_points(model)
+    model = model.transform(InferShapes())
+    return model, report
+
+
+def _scalar_zero_points(model: ModelWrapper) -> None:
+    """Replace all-zero zero-point tensors (per-channel weights) by a scalar 0, as FINN expects."""
+    for node in model.graph.node:
+        if node.op_type != "Quant":
+            continue
+        zero_point = model.get_initializer(node.input[2])
+        if zero_point is not None and zero_point.ndim > 0 and not np.any(zero_point):
+            node.input[2] = _const(model, np.zeros((), np.float32))
+
+
+def _constant_context(model: ModelWrapper) -> Dict[str, np.ndarray]:
+    """Every tensor of one run on a zero input: gives the values of quantized weights."""
+    feed = {}
+    for inp in model.graph.input:
+        shape = model.get_tensor_shape(inp.name)
+        feed[inp.name] = np.zeros(shape, dtype=np.float32)
+    return execute_onnx(model, feed, return_full_exec_context=True)
+
+
+def _is_activation_quant(model: ModelWrapper, node: onnx.NodeProto) -> bool:
+    if model.get_initializer(node.input[0]) is not None:
+        return False
+    producer = model.find_producer(node.input[0])
+    return not (producer is not None and producer.op_type == "Quant")
+
+
+def _fold_one(
+    model: ModelWrapper, node: onnx.NodeProto, context: Dict[str, np.ndarray], snap: float
+) -> Optional[FoldedQuant]:
+    if not _is_activation_quant(model, node):
+        return None
+    scale, zero_point, bit_width = (model.get_initializer(n) for n in node.input[1:4])
+    if scale is None or zero_point is None or bit_width is None or not np.any(zero_point != 0):
+        return None
+    signed = bool(get_by_name(node.attribute, "signed").i)
+    narrow = bool(get_by_name(node.attribute, "narrow").i)
+    qmin, qmax = int(min_int(signed, narrow, int(bit_width))), int(max_int(signed, narrow, int(bit_width)))
+    scale, zero_point = np.broadcast_arrays(scale.astype(np.float32), zero_point.astype(np.float32))
+    zi = np.round(zero_point)
+    zf = zero_point - zi
+    zf[np.abs(zf) <= snap] = 0.0
+    lo, hi = qmin - zi, qmax - zi
+    bits, new_signed, new_narrow, exact = quant_grid(int(lo.min()), int(hi.max()))
+    clamp = not (exact and np.all(lo == lo.min()) and np.all(hi == hi.max()))
+
+    name = node.name or node.output[0]
+    offset = (-scale * zf).astype(np.float32)
+    consumers = model.find_consumers(node.output[0]) or []
+    linear = all(c.op_type in _LINEAR_OPS and c.input[0] == node.output[0] for c in consumers)
+    chain = [("Add", [_const(model, (scale * zf).astype(np.float32))], {})]
+    chain.append(("Quant", [node.input[1], _const(model, np.zeros((), np.float32)),
+                            _const(model, np.array(float(bits), np.float32))],
+                  dict(domain=node.domain, signed=int(new_signed), narrow=int(new_narrow),
+                       rounding_mode=get_by_name(node.attribute, "rounding_mode").s.decode())))
+    if clamp:
+        chain.append(("Max", [_const(model, (scale * lo).astype(np.float32))], {}))
+        chain.append(("Min", [_const(model, (scale * hi).astype(np.float32))], {}))
+    if np.any(offset != 0) and not linear:
+        # Not only linear layers read it: keep the offset as an explicit Add (exact, not zero-point-free).
+        chain.append(("Add", [_const(model, offset)], {}))
+    index = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    source = node.input[0]
+    for i, (op, extra, attrs) in enumerate(chain):
+        target = node.output[0] if i == len(chain) - 1 else model.make_new_valueinfo_name()
+        new = helper.make_node(op, [source] + extra, [target], name=f"{name}_fold{i}_{op}", **attrs)
+        model.graph.node.insert(index + i, new)
+        source = target
+    corrected: List[str] = []
+    if np.any(offset != 0) and linear:
+        for consumer in consumers:
+            _add_correction_map(model, consumer, offset, context)
+            corrected.append(consumer.name)
+    return FoldedQuant(
+        node=name, bits=bits, signed=new_signed, narrow=new_narrow,
+        integer_shift=[int(v) for v in np.unique(zi)], fraction_max=float(np.abs(zf).max()),
+        clamped_per_channel=clamp, correction_after=corrected,
+    )
+
+
+def _const(model: ModelWrapper, value: np.ndarray) -> str:
+    name = model.make_new_valueinfo_name()
+    model.set_initializer(name, value)
+    return name
+
+
+def _add_correction_map(
+    model: ModelWrapper, layer: onnx.NodeProto, offset: np.ndarray, context: Dict[str, np.ndarray]
+) -> None:
+    """Insert ``Add(layer(offset map, bias=0))`` after ``layer``."""
+    in_shape = model.get_tensor_shape(layer.input[0])
+    offset_map = np.broadcast_to(offset, in_shape).astype(np.float32)
+    inputs = {layer.input[0]: offset_map}
+    for name in layer.input[1:2]:
+        inputs[name] = context[name] if model.get_initializer(name) is None else model.get_initializer(name)
+    correction = _run_single_node(layer, inputs, model)
+    out = layer.output[0]
+    pre = model.make_new_valueinfo_name()
+    layer.output[0] = pre
+    add = helper.make_node("Add", [pre, _const(model, correction)], [out], name=f"{layer.name}_offset_map")
+    index = list(model.graph.node).index(layer)
+    model.graph.node.insert(index + 1, add)
+
+
+def _run_single_node(layer: onnx.NodeProto, inputs: Dict[str, np.ndarray], model: ModelWrapper) -> np.ndarray:
+    """Run ``layer`` alone (data and weight inputs only, no bias) with onnxruntime."""
+    import onnxruntime as ort
+
+    node = helper.make_node(layer.op_type, list(inputs), ["y"], **{a.name: helper.get_attribute_value(a) for a in layer.attribute})
+    if node.op_type == "Gemm":
+        del node.input[2:]
+    out_shape = model.get_tensor_shape(layer.output[0])
+    graph = helper.make_graph(
+        [node], "correction",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(v.shape)) for n, v in inputs.items()],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {n: np.ascontiguousarray(v, dtype=np.float32) for n, v in inputs.items()}
+    return session.run(None, feed)[0]
