@@ -20,7 +20,7 @@ Example:
     [0.0, 0.0, 2.0]
     >>> y.sum().backward()
     >>> [round(g, 4) for g in x.grad.tolist()]
-    [0.5486, 1.313, 0.5486]
+    [0.9343, 1.313, 1.1235]
 """
 
 from __future__ import annotations

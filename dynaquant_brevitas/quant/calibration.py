@@ -6,8 +6,9 @@ Example:
     >>> from dynaquant_brevitas import DynaActQuant, DynaWeightQuant
     >>> conv = QuantConv2d(3, 4, 1, weight_quant=DynaWeightQuant, input_quant=DynaActQuant)
     >>> calibrate(conv, [torch.randn(4, 3, 8, 8) for _ in range(3)])
-    >>> conv.input_quant.fused_activation_quant_proxy.tensor_quant.observed_batches.item()
-    3
+    >>> quant = conv.input_quant.fused_activation_quant_proxy.tensor_quant
+    >>> quant.range.shape, quant.observed_batches.item() >= quant.calibration_steps
+    (torch.Size([3]), True)
 """
 
 from __future__ import annotations

@@ -138,9 +138,10 @@ class DynaUintActQuant(DGMRounding, ContentAwareUintAct):
     Example:
         >>> import torch
         >>> from brevitas.nn import QuantReLU
-        >>> relu = QuantReLU(act_quant=DynaUintActQuant, act_bit_width=4).train()
-        >>> bool((relu(torch.randn(2, 3, 5, 5)) >= 0).all())
-        True
+        >>> relu = QuantReLU(act_quant=DynaUintActQuant, bit_width=4).train()  # no act_ prefix here
+        >>> out = relu(torch.randn(2, 3, 5, 5))
+        >>> bool((out >= 0).all()), len(torch.unique(out[:, 0])) <= 2 ** 4
+        (True, True)
     """
 
 

@@ -207,7 +207,9 @@ class ContentAwareIntQuant(nn.Module):
         for name in ("range", "offset"):
             key = prefix + name
             if key in state_dict:
-                getattr(self, name).data = torch.empty_like(state_dict[key])
+                # Take the saved shape but keep this module's device and dtype, as nn.Module does.
+                param = getattr(self, name)
+                param.data = param.new_empty(state_dict[key].shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- quantization -----------------------------------------------------------------------------
