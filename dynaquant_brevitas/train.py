@@ -104,14 +104,14 @@ class TrainSection:
 class QuantSection:
     """DynaQuant fine-tuning; ``config`` is a ``DynaQuantConfig`` dict (``None``: float training).
 
-    ``init_from`` is the float checkpoint to start from. With ``target_bits`` set, ``gamma`` is
-    steered by a proportional-integral controller on the (moving average) chosen bit width.
+    ``init_from`` is the float checkpoint to start from. The bit-loss weight ``gamma``, the
+    ``target_bits`` and the temperature schedule come from ``config``; with ``target_bits`` set,
+    ``gamma`` is steered by a proportional-integral controller (gains ``kp``, ``ki``) on the
+    moving average (factor ``bits_ema``) of the chosen bit width.
     """
 
     config: dict[str, Any] | None = None
     init_from: str | None = None
-    gamma: float = 0.0
-    target_bits: float | None = None
     kp: float = 0.05
     ki: float = 0.002
     bits_ema: float = 0.9
@@ -152,7 +152,7 @@ class TrainConfig:
         return out
 
     def validated(self) -> "TrainConfig":
-        t, d, q = self.train, self.data, self.quant
+        t, d = self.train, self.data
         checks = [
             (t.steps > 0, "train.steps must be positive"),
             (t.lr > 0 and t.aux_lr > 0, "train.lr and train.aux_lr must be positive"),
@@ -160,12 +160,24 @@ class TrainConfig:
             (t.metric in ("mse", "ms-ssim"), f"train.metric must be 'mse' or 'ms-ssim', not {t.metric!r}"),
             (t.checkpoint_every > 0, "train.checkpoint_every must be positive"),
             (d.batch_size > 0 and d.patch_size >= 64, "data.batch_size > 0 and data.patch_size >= 64"),
-            (q.target_bits is None or q.config is not None, "quant.target_bits needs quant.config"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.quantized:
+            self.dynaquant_config()  # validates the DynaQuantConfig fields
         return self
+
+    def dynaquant_config(self) -> Any:
+        """The ``DynaQuantConfig`` of ``quant.config`` (``None`` for float training)."""
+        if self.quant.config is None:
+            return None
+        from .config import DynaQuantConfig
+
+        try:
+            return DynaQuantConfig.from_dict(self.quant.config)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"quant.config: {err}") from err
 
     @property
     def quantized(self) -> bool:
@@ -248,19 +260,6 @@ class GammaController:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.integral, self.avg_bits, self.gamma = state["integral"], state["avg_bits"], state["gamma"]
-
-
-def temperature(step: int, config: Mapping[str, Any]) -> float:
-    """Gumbel-softmax temperature: geometric decay from ``tau_start`` to ``tau_end`` over ``tau_decay_steps``.
-
-    >>> temperature(0, {"tau_start": 5.0, "tau_end": 0.5, "tau_decay_steps": 10})
-    5.0
-    >>> round(temperature(10, {"tau_start": 5.0, "tau_end": 0.5, "tau_decay_steps": 10}), 6)
-    0.5
-    """
-    start, end = float(config.get("tau_start", 1.0)), float(config.get("tau_end", 1.0))
-    frac = min(1.0, step / max(1, int(config.get("tau_decay_steps", 1))))
-    return start * (end / start) ** frac
 
 
 # --------------------------------------------------------------------------- distributed
@@ -396,11 +395,10 @@ def build_float_model(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]
 
 def quantize_for_training(model: nn.Module, cfg: TrainConfig, batches: Iterator[torch.Tensor], calibrate_: bool) -> nn.Module:
     """Apply ``dynaquantize`` and (on a fresh start) calibrate on a few training batches."""
-    from .config import DynaQuantConfig
     from .quant.calibration import calibrate
     from .transform import dynaquantize
 
-    qmodel = dynaquantize(model, DynaQuantConfig.from_dict(cfg.quant.config))
+    qmodel = dynaquantize(model, cfg.dynaquant_config())
     if calibrate_:
         device = next(qmodel.parameters()).device
         samples = [next(batches).to(device) for _ in range(cfg.quant.calibration_batches)]
@@ -436,9 +434,10 @@ def _make_state(model: nn.Module, cfg: TrainConfig, arch: str, kwargs: dict[str,
     aux_optimizer = torch.optim.Adam(aux, lr=cfg.train.aux_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     controller = None
-    if cfg.quant.target_bits is not None:
+    dq = cfg.dynaquant_config()
+    if dq is not None and dq.target_bits is not None:
         q = cfg.quant
-        controller = GammaController(q.target_bits, q.gamma, q.kp, q.ki, q.bits_ema)
+        controller = GammaController(dq.target_bits, dq.gamma, q.kp, q.ki, q.bits_ema)
     return TrainState(model, optimizer, aux_optimizer, scheduler, controller, arch, kwargs)
 
 
@@ -484,9 +483,10 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     """One optimisation step of the main and aux losses; returns scalar logs."""
     model = state.model
     model.train()
-    if cfg.quantized:
-        unwrap(model).dynaquant.set_temperature(temperature(state.step, cfg.quant.config))
-    gamma = state.controller.gamma if state.controller else cfg.quant.gamma
+    dq = cfg.dynaquant_config()
+    if dq is not None:
+        unwrap(model).dynaquant.set_temperature(dq.temperature(state.step))
+    gamma = state.controller.gamma if state.controller else (dq.gamma if dq is not None else 0.0)
     state.optimizer.zero_grad(set_to_none=True)
     state.aux_optimizer.zero_grad(set_to_none=True)
     out = model(x)

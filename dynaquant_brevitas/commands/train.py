@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--output", help="run directory for checkpoints and logs (= --set train.output=...)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (= --set train.device=...)")
     p.add_argument("--init-from", help="float checkpoint to fine-tune (= --set quant.init_from=...)")
-    p.add_argument("--target-bits", type=float, help="steer gamma to this average bit width (= --set quant.target_bits=...)")
+    p.add_argument("--target-bits", type=float, help="steer gamma to this average bit width (= --set quant.config.target_bits=...)")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop (with a checkpoint) at this global step; the schedule still follows train.steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 FLAG_KEYS = {
     "arch": "model.arch", "data": "data.root", "steps": "train.steps", "lr": "train.lr",
     "lmbda": "train.lmbda", "output": "train.output", "device": "train.device",
-    "init_from": "quant.init_from", "target_bits": "quant.target_bits",
+    "init_from": "quant.init_from", "target_bits": "quant.config.target_bits",
 }
 
 

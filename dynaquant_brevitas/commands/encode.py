@@ -1,0 +1,32 @@
+"""``dynaquant encode``: compress one image into a DynaQuant container file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "compress an image into a container file (real bitstreams, model id, CRC32)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("encode", help=HELP, description=HELP,
+                              epilog="example: dynaquant encode --checkpoint model.pt kodim01.png -o kodim01.dqic")
+    p.add_argument("--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model to code with")
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, ...)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="container file to write")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import state_dict_fingerprint
+    from ..container import pack
+    from ..data import read_image
+    from ..evaluate import encode_image, load_for_eval
+
+    loaded = load_for_eval(args.checkpoint)
+    coded = encode_image(loaded.model, read_image(args.image))
+    blob = pack(state_dict_fingerprint(loaded.model), coded.size, coded.shape, coded.strings)
+    args.output.write_bytes(blob)
+    h, w = coded.size
+    print(f"{args.output}: {len(blob)} bytes ({8 * coded.num_bytes / (h * w):.4f} bpp of bitstreams, {w}x{h})")
+    return 0

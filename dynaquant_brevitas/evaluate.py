@@ -1,0 +1,256 @@
+"""Real-bitstream evaluation: pad, ``compress``, ``decompress``, count bytes, measure quality.
+
+Results follow CompressAI's ``eval_model`` JSON layout (``name``, ``description``, ``results``
+with one list entry per checkpoint, i.e. per rate-distortion point) plus DynaQuant fields
+(average chosen bits, optional per-image records with per-layer bit widths).
+
+Example:
+    >>> from compressai.models import FactorizedPrior
+    >>> model = prepare_for_coding(FactorizedPrior(8, 12))
+    >>> x = torch.rand(1, 3, 70, 90)
+    >>> coded = encode_image(model, x)
+    >>> decode_image(model, coded.strings, coded.shape, (70, 90)).shape
+    torch.Size([1, 3, 70, 90])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from compressai.ops import compute_padding
+from torch import nn
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import list_images, read_image, to_uint8
+from .metrics import ms_ssim, psnr
+
+#: pytorch_msssim's 5 scales with an 11-px window need a side above this; smaller images get ``None``.
+MS_SSIM_MIN_SIDE = 160
+#: Images are padded to a multiple of this (6 stride-2 stages), as CompressAI's eval does.
+PAD_MULTIPLE = 64
+ZOO_PREFIX = "zoo:"
+
+
+class EvalError(ValueError):
+    """A model or image set cannot be evaluated (e.g. zoo weights unavailable offline)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for coding and where it came from."""
+
+    model: nn.Module
+    name: str
+    spec: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_zoo_spec(spec: str) -> tuple[str, int, str]:
+    """``zoo:NAME:QUALITY[:METRIC]`` -> ``(NAME, QUALITY, METRIC)``.
+
+    >>> parse_zoo_spec("zoo:bmshj2018-hyperprior:3")
+    ('bmshj2018-hyperprior', 3, 'mse')
+    """
+    parts = spec[len(ZOO_PREFIX):].split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise EvalError(f"zoo model must be zoo:NAME:QUALITY[:METRIC], got {spec!r}")
+    return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "mse"
+
+
+def load_zoo(spec: str) -> LoadedModel:
+    """A pretrained CompressAI zoo model (downloads its weights: needs the internet)."""
+    from compressai.zoo import image_models
+
+    name, quality, metric = parse_zoo_spec(spec)
+    if name not in image_models:
+        raise EvalError(f"unknown zoo model {name!r}; known: {', '.join(sorted(image_models))}")
+    try:
+        model = image_models[name](quality=quality, metric=metric, pretrained=True, progress=False)
+    except (ValueError, KeyError) as err:
+        raise EvalError(f"zoo model {name} has no quality {quality} / metric {metric!r}: {err}") from err
+    except OSError as err:  # urllib's URLError is an OSError
+        raise EvalError(
+            f"could not download CompressAI's pretrained weights for {name} quality {quality} "
+            f"({type(err).__name__}: {err}); this needs internet access, or put the file in "
+            f"torch's hub cache ({torch.hub.get_dir()}/checkpoints)"
+        ) from err
+    return LoadedModel(model, f"{name}-{metric}-q{quality}", spec, {"zoo": name, "quality": quality, "metric": metric})
+
+
+def load_for_eval(spec: str | os.PathLike) -> LoadedModel:
+    """A checkpoint path or a ``zoo:NAME:QUALITY[:METRIC]`` spec, as a model ready for coding."""
+    spec = str(spec)
+    if spec.startswith(ZOO_PREFIX):
+        loaded = load_zoo(spec)
+    else:
+        ckpt = load_checkpoint(spec)
+        info = {"arch": ckpt["arch"], "model_kwargs": ckpt["model_kwargs"], "step": ckpt.get("step"),
+                "dynaquant": ckpt.get("dynaquant")}
+        loaded = LoadedModel(model_from_checkpoint(ckpt), Path(spec).stem, spec, info)
+    prepare_for_coding(loaded.model)
+    return loaded
+
+
+def prepare_for_coding(model: nn.Module) -> nn.Module:
+    """Eval mode and fresh entropy-coder tables (``model.update(force=True)``); returns the model."""
+    model.eval()
+    model.update(force=True)
+    return model
+
+
+# --------------------------------------------------------------------------- coding
+
+
+@dataclass
+class Coded:
+    """One image's bitstreams and the latent shape ``decompress`` needs."""
+
+    strings: list[list[bytes]]
+    shape: list[int]
+    size: tuple[int, int]
+    bits: dict[str, Any] | None = None
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(s) for group in self.strings for s in group)
+
+
+def _dynaquant_state(model: nn.Module) -> Any:
+    return getattr(model, "dynaquant", None)
+
+
+@torch.no_grad()
+def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
+    """Pad a ``(1, 3, H, W)`` image to a multiple of 64 and ``compress`` it."""
+    h, w = x.shape[-2:]
+    pad, _ = compute_padding(h, w, min_div=PAD_MULTIPLE)
+    state = _dynaquant_state(model)
+    if state is not None:
+        state.last = {}
+    out = model.compress(F.pad(x, pad, mode="constant", value=0))
+    strings = [list(group) for group in out["strings"]]
+    return Coded(strings, [int(s) for s in out["shape"]], (int(h), int(w)))
+
+
+@torch.no_grad()
+def decode_image(model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+    """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1]."""
+    _, unpad = compute_padding(size[0], size[1], min_div=PAD_MULTIPLE)
+    out = model.decompress([list(g) for g in strings], torch.Size(shape))
+    return F.pad(out["x_hat"], unpad).clamp(0, 1)
+
+
+def chosen_bits(model: nn.Module) -> dict[str, Any] | None:
+    """Per-layer bit widths chosen in the last ``compress`` + ``decompress`` (None if not dynamic)."""
+    state = _dynaquant_state(model)
+    if state is None or not getattr(state, "last", None):
+        return None
+    record = state.bits_record()
+    return {"layers": list(record["layers"]), "bits": [int(b) for b in record["bits"][0].tolist()]}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_image(model: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Code one image for real and measure it; quality is computed on the 8-bit decoded image."""
+    x = read_image(path).to(device)
+    start = time.perf_counter()
+    coded = encode_image(model, x)
+    enc_time = time.perf_counter() - start
+    start = time.perf_counter()
+    x_hat = decode_image(model, coded.strings, coded.shape, coded.size)
+    dec_time = time.perf_counter() - start
+    rec = to_uint8(x_hat).float() / 255.0
+    h, w = coded.size
+    record = {
+        "image": Path(path).name,
+        "bpp": 8.0 * coded.num_bytes / (h * w),
+        "bytes": coded.num_bytes,
+        "psnr-rgb": psnr(x, rec),
+        "ms-ssim-rgb": ms_ssim(x, rec) if min(h, w) > MS_SSIM_MIN_SIDE else None,
+        "encoding_time": enc_time,
+        "decoding_time": dec_time,
+    }
+    bits = chosen_bits(model)
+    if bits is not None:
+        record["avg_bits"] = sum(bits["bits"]) / max(1, len(bits["bits"]))
+        record["layer_bits"] = bits["bits"]
+        record["_layers"] = bits["layers"]
+    return record
+
+
+SUMMARY_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are not ``None`` (``None`` if there are none)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def evaluate_model(loaded: LoadedModel, images: Sequence[Path], device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Evaluate one model on every image; returns means and per-image records."""
+    from tqdm import tqdm
+
+    model = loaded.model.to(device)
+    records = [evaluate_image(model, p, device) for p in tqdm(images, desc=loaded.name, disable=not progress)]
+    summary: dict[str, Any] = {k: _mean(r[k] for r in records) for k in SUMMARY_KEYS}
+    layers = next((r.pop("_layers") for r in records if "_layers" in r), None)
+    for r in records:
+        r.pop("_layers", None)
+    if layers is not None:
+        summary["avg_bits"] = _mean(r["avg_bits"] for r in records)
+        summary["layers"] = layers
+    return {"summary": summary, "per_image": records}
+
+
+def evaluate(
+    specs: Sequence[str],
+    image_dir: str | os.PathLike,
+    name: str | None = None,
+    description: str = "",
+    per_image: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate checkpoints (one rate-distortion point each) in CompressAI's result format.
+
+    ``results`` holds CompressAI's lists (one entry per checkpoint) and, for DynaQuant models,
+    ``avg_bits``; ``models`` describes each checkpoint; with ``per_image`` each model entry
+    also lists every image's bpp, quality, times and (dynamic models) per-layer bits.
+    """
+    images = list_images(image_dir)
+    results: dict[str, list[Any]] = {k: [] for k in SUMMARY_KEYS}
+    models = []
+    for spec in specs:
+        loaded = load_for_eval(spec)
+        ev = evaluate_model(loaded, images, device, progress)
+        for k in SUMMARY_KEYS:
+            results[k].append(ev["summary"][k])
+        if "avg_bits" in ev["summary"]:
+            results.setdefault("avg_bits", []).append(ev["summary"]["avg_bits"])
+        entry = {"checkpoint": loaded.spec, **loaded.info}
+        if "layers" in ev["summary"]:
+            entry["layers"] = ev["summary"]["layers"]
+        if per_image:
+            entry["per_image"] = ev["per_image"]
+        models.append(entry)
+    return {
+        "name": name or Path(str(specs[0])).stem,
+        "description": description or f"dynaquant eval, real bitstreams, {device}",
+        "results": results,
+        "images": str(image_dir),
+        "num_images": len(images),
+        "models": models,
+    }
+
