@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 __all__ = [
+    "FinnBuild",
+    "build_finn",
+    "hardware_layers",
     "DEFAULT_FPGA_PART",
     "dataflow_partition",
     "estimates",
@@ -70,7 +74,7 @@ def streamline(model):
     """Lower transposed convolutions and convolutions to MatMul, absorb scales into thresholds."""
     import finn.transformation.streamline.absorb as absorb
     from finn.transformation.streamline import Streamline
-    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC, MoveTransposePastEltwise
+    from finn.transformation.streamline.reorder import MoveTransposePastEltwise
     from qonnx.transformation.general import RemoveUnusedTensors
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
     from qonnx.transformation.infer_datatypes import InferDataTypes
@@ -78,18 +82,17 @@ def streamline(model):
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
     from .deconv import LowerConvTransposeToPixelPadding
-    from .thresholds import AbsorbClampIntoMultiThreshold, AbsorbReluIntoMultiThreshold
+    from .thresholds import AbsorbReluIntoMultiThreshold
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
     model = model.transform(Streamline())
-    model = model.transform(AbsorbClampIntoMultiThreshold())
     model = model.transform(AbsorbReluIntoMultiThreshold())
+    model = model.transform(Streamline())
     model = model.transform(LowerConvTransposeToPixelPadding())
     model = model.transform(LowerConvsToMatMul())
-    for t in (InferShapes(), InferDataTypes(), MakeMaxPoolNHWC(), absorb.AbsorbTransposeIntoMultiThreshold(),
-              MakeMaxPoolNHWC(), absorb.AbsorbConsecutiveTransposes(), MoveTransposePastEltwise(),
-              absorb.AbsorbConsecutiveTransposes(), Streamline(),
-              InferDataLayouts(), RemoveUnusedTensors()):
+    nhwc = (absorb.AbsorbTransposeIntoMultiThreshold(), absorb.AbsorbConsecutiveTransposes(),
+            MoveTransposePastEltwise(), absorb.AbsorbConsecutiveTransposes())
+    for t in (InferShapes(), InferDataTypes()) + nhwc + nhwc + (Streamline(), InferDataLayouts(), RemoveUnusedTensors()):
         model = model.transform(t)
     return model
 
@@ -145,7 +148,10 @@ def dataflow_partition(model):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    ok, culprit = model.analysis(unsupported_layers)[:2] if isinstance(model.analysis(unsupported_layers), tuple) else (True, None)
+    result = model.analysis(unsupported_layers)
+    if result[0] is False:
+        names = [n.name for n in model.graph.node if not n.domain.startswith("finn.custom_op.fpgadataflow")]
+        raise RuntimeError(f"layers FINN could not map sit between hardware layers: {names}")
     parent = model.transform(CreateDataflowPartition(partition_model_dir=tempfile.mkdtemp(prefix="finn_sdp_")))
     sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
     if len(sdp) != 1:
@@ -215,3 +221,88 @@ def prepare_qonnx(model, extra_weight_bits: int = 2):
     from .integer import absorb_activation_scales
 
     return absorb_activation_scales(model, extra_weight_bits)[0]
+
+
+@dataclass
+class FinnBuild:
+    """The outcome of :func:`build_finn`: the graphs, the verification and FINN's estimates."""
+
+    hw_model: Any
+    partition: Any
+    max_error_steps: float
+    output_step: float
+    layers: List[Dict[str, Any]] = field(default_factory=list)
+    estimate: Dict[str, Any] = field(default_factory=dict)
+
+
+def build_finn(
+    qonnx_model,
+    *,
+    reference: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    samples: Sequence[np.ndarray] = (),
+    step: float = 1.0,
+    target_cycles: Optional[int] = None,
+    clock_ns: float = 5.0,
+    fpga_part: str = DEFAULT_FPGA_PART,
+    extra_weight_bits: int = 2,
+    tolerance_steps: float = 1.0,
+) -> FinnBuild:
+    """QONNX (zero points folded) to a folded FINN dataflow partition, verified and estimated.
+
+    Args:
+        qonnx_model: a ``ModelWrapper`` or path written by :func:`~.qonnx.export_qonnx`.
+        reference: the PyTorch computation on a numpy input, to verify the FINN graph against.
+        samples: inputs for the verification (Python execution of every hardware layer).
+        step: the output step the error is measured in; above ``tolerance_steps`` raises
+            :class:`~.qonnx.VerificationError`.
+        target_cycles: cycles per frame ``SetFolding`` aims at (default: the slowest layer
+            unfolded, i.e. fully serial).
+        clock_ns: clock period for the frames-per-second estimate.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from .qonnx import VerificationError
+
+    model = qonnx_model if isinstance(qonnx_model, ModelWrapper) else ModelWrapper(str(qonnx_model))
+    hw = to_hw(streamline(to_finn(prepare_qonnx(model, extra_weight_bits))))
+    worst = 0.0
+    for x in samples:
+        got = run_finn(hw, x)
+        worst = max(worst, float(np.abs(got.astype(np.float64) - reference(x)).max()) / step)
+    if worst > tolerance_steps:
+        raise VerificationError(
+            f"FINN graph differs from PyTorch by {worst:.3g} output steps (step {step:.3g}, "
+            f"tolerance {tolerance_steps})"
+        )
+    _, partition = dataflow_partition(hw)
+    partition = specialize(partition, fpga_part)
+    if target_cycles is None:
+        target_cycles = max(partition.analysis(_cycles).values())
+    partition = fold(partition, target_cycles)
+    return FinnBuild(
+        hw_model=hw, partition=partition, max_error_steps=worst, output_step=step,
+        layers=hardware_layers(partition), estimate=estimates(partition, clock_ns, fpga_part),
+    )
+
+
+def _cycles(model) -> Dict[str, int]:
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+
+    return exp_cycles_per_layer(model)
+
+
+def hardware_layers(model) -> List[Dict[str, Any]]:
+    """Per hardware layer: its type, data types (bits) and folding."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    rows = []
+    for node in model.graph.node:
+        op = getCustomOp(node)
+        row: Dict[str, Any] = {"name": node.name, "op": node.op_type}
+        for attr in ("inputDataType", "weightDataType", "outputDataType", "PE", "SIMD", "MW", "MH"):
+            try:
+                row[attr] = op.get_nodeattr(attr)
+            except Exception:
+                continue
+        rows.append(row)
+    return rows

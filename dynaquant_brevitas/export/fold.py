@@ -3,21 +3,20 @@
 DynaQuant's activation quantizers learn a per-channel offset ``o``, which Brevitas exports as a
 float zero point ``z = -o / s`` on a ``Quant`` node::
 
-    x_hat = s * (clamp(round(x / s + z), qmin, qmax) - z)
+    x_hat = s * (q - z)        q = clamp(round(x / s + z), qmin, qmax)
 
-FINN needs zero point 0. Split ``z = zi + zf`` into its nearest integer ``zi`` and a fraction
-``zf`` in ``[-0.5, 0.5]`` and write ``p = q - zi``, an integer on the shifted grid
-``[qmin - zi, qmax - zi]``::
+FINN needs zero point 0. Pick one integer shift ``Z`` for the whole tensor, either 0 (keep the
+grid) or ``qmin`` (move it to ``[0, qmax - qmin]``, an unsigned grid of the same width, which is
+where calibration after a ReLU puts it: ``z = -qmax``). With ``p = q - Z``::
 
-    p = clamp(round((x + s * zf) / s), qmin - zi, qmax - zi)        x_hat = s * p - s * zf
+    p = clamp(round((x + s * (z - Z)) / s), qmin - Z, qmax - Z)      x_hat = s * p + c,  c = -s * (z - Z)
 
-so the graph becomes ``Add(s * zf) -> Quant(zero point 0, shifted grid) -> consumer``. The
-remaining constant ``c = -s * zf`` is not dropped: a convolution's zero padding (and a transposed
-convolution's inserted zeros) pad ``x_hat`` with 0, not with ``c``, so ``conv(x_hat)`` equals
-``conv(s * p) + conv(c)`` only when ``conv(c)`` is computed with the same padding. That map is
-evaluated once with the layer's own weights (bias left out) and added after the layer. It is
-absent when the zero points are integers, which is what calibration on a ReLU output gives
-(``z = -qmax``: the signed grid then sits on ``[0, 2 * qmax]``, an unsigned narrow grid).
+so the graph becomes ``Add(s * (z - Z)) -> Quant(zero point 0, same bit width) -> layer``. The
+per-channel constant ``c`` is not dropped: a convolution's zero padding (and a transposed
+convolution's scattering) sees ``x_hat`` padded with 0, not with ``c``, so ``conv(x_hat)``
+equals ``conv(s * p) + conv(c)`` only when ``conv(c)`` is computed with the same padding. That
+map is computed once with the layer's own quantized weights (bias left out) and added after the
+layer. It is absent when every channel's zero point equals ``Z``.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op.general.quant import max_int, min_int
@@ -46,10 +45,8 @@ class FoldedQuant:
     node: str
     bits: int
     signed: bool
-    narrow: bool
-    integer_shift: List[int]
-    fraction_max: float
-    clamped_per_channel: bool
+    shift: int
+    channels_off_grid: int
     correction_after: List[str] = field(default_factory=list)
 
 
@@ -97,9 +94,9 @@ def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapp
 
     Args:
         model: a QONNX model as exported by Brevitas (shapes are inferred here).
-        snap: zero points within ``snap`` of an integer are treated as integers (``0`` keeps the
-            rewrite exact; a small value such as ``1e-3`` removes float noise such as
-            ``-127.00001`` at a cost of at most ``snap`` input steps per element).
+        snap: zero points within ``snap`` of an integer are rounded to it (``0`` keeps the
+            rewrite exact; ``1e-3`` removes float noise such as ``-127.00001``, which would
+            otherwise need a correction map, at a cost of at most ``snap`` input steps).
 
     Returns:
         The rewritten model and a :class:`FoldReport`.
@@ -154,25 +151,21 @@ def _fold_one(
     narrow = bool(get_by_name(node.attribute, "narrow").i)
     qmin, qmax = int(min_int(signed, narrow, int(bit_width))), int(max_int(signed, narrow, int(bit_width)))
     scale, zero_point = np.broadcast_arrays(scale.astype(np.float32), zero_point.astype(np.float32))
-    zi = np.round(zero_point)
-    zf = zero_point - zi
-    zf[np.abs(zf) <= snap] = 0.0
-    lo, hi = qmin - zi, qmax - zi
-    bits, new_signed, new_narrow, exact = quant_grid(int(lo.min()), int(hi.max()))
-    clamp = not (exact and np.all(lo == lo.min()) and np.all(hi == hi.max()))
+    z = np.where(np.abs(zero_point - np.round(zero_point)) <= snap, np.round(zero_point), zero_point)
+    shift = common_shift(z, qmin)
+    bits, new_signed, new_narrow, _ = quant_grid(qmin - shift, qmax - shift)
+    offset = (-scale * (z - shift)).astype(np.float32)
 
     name = node.name or node.output[0]
-    offset = (-scale * zf).astype(np.float32)
     consumers = model.find_consumers(node.output[0]) or []
     linear = all(c.op_type in _LINEAR_OPS and c.input[0] == node.output[0] for c in consumers)
-    chain = [("Add", [_const(model, (scale * zf).astype(np.float32))], {})]
-    chain.append(("Quant", [node.input[1], _const(model, np.zeros((), np.float32)),
-                            _const(model, np.array(float(bits), np.float32))],
-                  dict(domain=node.domain, signed=int(new_signed), narrow=int(new_narrow),
-                       rounding_mode=get_by_name(node.attribute, "rounding_mode").s.decode())))
-    if clamp:
-        chain.append(("Max", [_const(model, (scale * lo).astype(np.float32))], {}))
-        chain.append(("Min", [_const(model, (scale * hi).astype(np.float32))], {}))
+    chain = [
+        ("Add", [_const(model, -offset)], {}),
+        ("Quant", [node.input[1], _const(model, np.zeros((), np.float32)),
+                   _const(model, np.array(float(bits), np.float32))],
+         dict(domain=node.domain, signed=int(new_signed), narrow=int(new_narrow),
+              rounding_mode=get_by_name(node.attribute, "rounding_mode").s.decode())),
+    ]
     if np.any(offset != 0) and not linear:
         # Not only linear layers read it: keep the offset as an explicit Add (exact, not zero-point-free).
         chain.append(("Add", [_const(model, offset)], {}))
@@ -190,10 +183,22 @@ def _fold_one(
             _add_correction_map(model, consumer, offset, context)
             corrected.append(consumer.name)
     return FoldedQuant(
-        node=name, bits=bits, signed=new_signed, narrow=new_narrow,
-        integer_shift=[int(v) for v in np.unique(zi)], fraction_max=float(np.abs(zf).max()),
-        clamped_per_channel=clamp, correction_after=corrected,
+        node=name, bits=bits, signed=new_signed, shift=shift,
+        channels_off_grid=int(np.count_nonzero(z != shift)), correction_after=corrected,
     )
+
+
+def common_shift(zero_point: np.ndarray, qmin: int) -> int:
+    """The integer shift, 0 or ``qmin``, that most channels' zero points equal exactly.
+
+    Example:
+        >>> common_shift(np.array([-127.0, -127.0, -3.2]), -127), common_shift(np.array([0.4]), -127)
+        (-127, 0)
+    """
+    hits = {shift: int(np.count_nonzero(zero_point == shift)) for shift in (0, qmin)}
+    if hits[0] == hits[qmin]:
+        return qmin if np.median(zero_point) < qmin / 2 else 0
+    return max(hits, key=hits.get)
 
 
 def _const(model: ModelWrapper, value: np.ndarray) -> str:

@@ -43,27 +43,14 @@ def absorb_activation_scales(model: ModelWrapper, extra_bits: int = 2) -> Tuple[
         scale = model.get_initializer(node.input[1])
         if scale is None or scale.size == 1:
             continue
-        tail = _clamp_tail(model, node)
-        consumers = model.find_consumers(tail[-1].output[0] if tail else node.output[0]) or []
+        consumers = model.find_consumers(node.output[0]) or []
         if not consumers or not all(_weight_quant(model, c) is not None for c in consumers):
             continue
         for consumer in consumers:
             _scale_weights(model, consumer, scale.reshape(-1), extra_bits)
             changed.append(consumer.name)
-        _unit_scale(model, node, scale, tail)
+        _unit_scale(model, node, scale)
     return model.transform(InferShapes()), changed
-
-
-def _clamp_tail(model: ModelWrapper, node: onnx.NodeProto) -> List[onnx.NodeProto]:
-    """The ``Max``/``Min`` nodes right after ``node`` (per-channel clamps from folding)."""
-    tail = []
-    current = node
-    while True:
-        nxt = model.find_consumers(current.output[0]) or []
-        if len(nxt) != 1 or nxt[0].op_type not in ("Max", "Min"):
-            return tail
-        current = nxt[0]
-        tail.append(current)
 
 
 def _weight_quant(model: ModelWrapper, layer: onnx.NodeProto) -> Optional[onnx.NodeProto]:
@@ -97,16 +84,13 @@ def _scale_weights(model: ModelWrapper, layer: onnx.NodeProto, step: np.ndarray,
     wq.input[3] = _const(model, np.array(float(new_bits), np.float32))
 
 
-def _unit_scale(model: ModelWrapper, node: onnx.NodeProto, scale: np.ndarray, tail: List[onnx.NodeProto]) -> None:
-    """``Quant(x, s)`` becomes ``Quant(x * (1 / s), 1)``; clamp bounds are divided by ``s``."""
+def _unit_scale(model: ModelWrapper, node: onnx.NodeProto, scale: np.ndarray) -> None:
+    """``Quant(x, s)`` becomes ``Quant(x * (1 / s), 1)``."""
     scaled = model.make_new_valueinfo_name()
     mul = helper.make_node("Mul", [node.input[0], _const(model, (1.0 / scale).astype(np.float32))], [scaled])
     model.graph.node.insert(list(model.graph.node).index(node), mul)
     node.input[0] = scaled
     node.input[1] = _const(model, np.ones((), np.float32))
-    for clamp in tail:
-        bound = model.get_initializer(clamp.input[1])
-        clamp.input[1] = _const(model, np.round(bound / scale).astype(np.float32))
 
 
 def _const(model: ModelWrapper, value: np.ndarray) -> str:
