@@ -52,10 +52,18 @@ def _check_beta(beta: float) -> float:
 
 def dgm_gradient(x: Tensor, beta: float = 1.0) -> Tensor:
     """The DGM gradient multiplier at ``x``: ``beta/(2 tanh(beta/2)) * sech^2(beta (frac(x) - 1/2))``."""
-    beta = _check_beta(beta)
-    frac = x - torch.floor(x)
-    # sech^2 = 1 - tanh^2 does not overflow for large beta, unlike 1 / cosh^2.
-    return (beta / (2.0 * math.tanh(beta / 2.0))) * (1.0 - torch.tanh(beta * (frac - 0.5)) ** 2)
+    return _dgm_multiplier(x, _check_beta(beta))
+
+
+def _dgm_multiplier(x: Tensor, beta: float) -> Tensor:
+    norm = beta / (2.0 * math.tanh(beta / 2.0))
+    if torch.is_grad_enabled() and x.requires_grad:  # differentiable, out of place
+        # sech^2 = 1 - tanh^2 does not overflow for large beta, unlike 1 / cosh^2.
+        return norm * (1.0 - torch.tanh(beta * (x - torch.floor(x) - 0.5)) ** 2)
+    # Same operations and results in one buffer updated in place: activation-sized allocations
+    # otherwise dominate the backward pass on CPU.
+    out = torch.floor(x).neg_().add_(x)  # frac(x)
+    return out.sub_(0.5).mul_(beta).tanh_().square_().neg_().add_(1.0).mul_(norm)
 
 
 class _DGMRoundFunction(torch.autograd.Function):
@@ -68,7 +76,9 @@ class _DGMRoundFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (x,) = ctx.saved_tensors
-        return grad_output * dgm_gradient(x, ctx.beta), None
+        if torch.is_grad_enabled():  # double backward (create_graph=True): out of place
+            return grad_output * _dgm_multiplier(x, ctx.beta), None
+        return _dgm_multiplier(x, ctx.beta).mul_(grad_output), None
 
 
 class _STERoundFunction(torch.autograd.Function):
@@ -112,6 +122,10 @@ class DGMRound(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return _DGMRoundFunction.apply(x, self.beta)
 
+    def grad_multiplier(self, u: Tensor) -> Tensor:
+        """The backward multiplier at ``u`` (lets fused quantizers skip the autograd chain)."""
+        return dgm_gradient(u, self.beta)
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
 
@@ -129,6 +143,10 @@ class STERound(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _STERoundFunction.apply(x)
+
+    def grad_multiplier(self, u: Tensor) -> None:
+        """Identity backward: no multiplier."""
+        return None
 
 
 ROUNDING_ESTIMATORS: Dict[str, Type[nn.Module]] = {}

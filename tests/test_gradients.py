@@ -97,6 +97,19 @@ def test_dgm_backward_scales_the_upstream_gradient(values, upstream, beta):
     np.testing.assert_allclose(dgm_gradient(x, beta).numpy(), reference_dgm_gradient(values, beta), rtol=1e-9, atol=1e-12)
 
 
+def test_dgm_gradient_fast_and_differentiable_paths_agree_bitwise():
+    x = torch.linspace(-5.0, 5.0, 10_001)
+    fast = dgm_gradient(x, 3.0)
+    tracked = x.clone().requires_grad_(True)
+    slow = dgm_gradient(tracked, 3.0)
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
+    # second-order use: create_graph=True runs the backward out of place and stays differentiable
+    (first,) = torch.autograd.grad(dgm_round(tracked, 3.0).sum(), tracked, create_graph=True)
+    assert torch.equal(first.detach(), fast)
+    (second,) = torch.autograd.grad(first.sum(), tracked)
+    assert torch.isfinite(second).all() and (second != 0).any()
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0, 10.0])
 def test_dgm_gradient_is_largest_at_rounding_boundaries(beta):
     on_level = dgm_gradient(torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64), beta)
