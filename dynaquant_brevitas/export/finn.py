@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_FPGA_PART",
     "dataflow_partition",
     "estimates",
+    "export_finn",
     "finn_flow",
     "fold",
     "prepare_qonnx",
@@ -306,3 +307,70 @@ def hardware_layers(model) -> List[Dict[str, Any]]:
                 continue
         rows.append(row)
     return rows
+
+
+def export_finn(
+    module,
+    path: str,
+    input_shape: Sequence[int],
+    *,
+    profile: Any = None,
+    samples: Optional[Sequence[Any]] = None,
+    verify_shape: Optional[Sequence[int]] = None,
+    step: Optional[float] = None,
+    snap: float = 1e-3,
+    **build: Any,
+) -> FinnBuild:
+    """Pre-check, QONNX export (verified), then :func:`build_finn` (verified, estimated).
+
+    Args:
+        module: a frozen (or, with ``profile``, dynamic) DynaQuant transform such as ``g_a``.
+        path: where the QONNX file goes (the FINN graph is saved beside it, ``*_finn.onnx``).
+        input_shape: the shape the hardware is built for, e.g. ``(1, 3, 512, 768)``.
+        samples: torch inputs to verify on; default: random ones (see ``default_samples``).
+        verify_shape: verify on a smaller copy of the graph exported at this shape (Python
+            execution of FINN layers is slow at full resolution); default: ``input_shape``.
+        step, snap: see :func:`~.qonnx.export_qonnx`.
+        build: passed to :func:`build_finn` (``target_cycles``, ``clock_ns``, ...).
+
+    Raises:
+        FinnUnsupportedError: before anything is exported, naming every unmappable module.
+    """
+    import torch
+
+    from .precheck import FinnUnsupportedError, check_finn, graph_precheck
+    from .qonnx import default_samples, export_qonnx, frozen
+
+    module = frozen(module, profile).eval()
+    check_finn(module)
+    verify_shape = tuple(verify_shape or input_shape)
+    small_path = path if verify_shape == tuple(input_shape) else _sibling(path, "_verify")
+    small = export_qonnx(module, small_path, verify_shape, samples=samples, step=step, snap=snap)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    small_model = ModelWrapper(small_path)
+    problems = graph_precheck(small_model)
+    if problems:
+        raise FinnUnsupportedError(problems)
+    inputs = list(samples) if samples is not None else default_samples(small_model, verify_shape, count=2)
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x))
+        return (out.value if hasattr(out, "value") else out).numpy().astype(np.float64)
+
+    checked = build_finn(small_model, reference=reference, samples=[x.numpy() for x in inputs],
+                         step=small.output_step, **build)
+    if small_path == path:
+        result = checked
+    else:
+        export_qonnx(module, path, input_shape, step=small.output_step, snap=snap, verify=False)
+        result = build_finn(path, **build)
+        result.max_error_steps = checked.max_error_steps
+    result.hw_model.save(_sibling(path, "_finn"))
+    return result
+
+
+def _sibling(path: str, suffix: str) -> str:
+    root, ext = os.path.splitext(str(path))
+    return f"{root}{suffix}{ext or '.onnx'}"

@@ -94,9 +94,11 @@ def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapp
 
     Args:
         model: a QONNX model as exported by Brevitas (shapes are inferred here).
-        snap: zero points within ``snap`` of an integer are rounded to it (``0`` keeps the
-            rewrite exact; ``1e-3`` removes float noise such as ``-127.00001``, which would
-            otherwise need a correction map, at a cost of at most ``snap`` input steps).
+        snap: ``0`` keeps the rewrite exact. Otherwise zero points within ``snap`` of an
+            integer are rounded to it, and channels whose offset from the common grid is below
+            ``snap`` times the tensor's median step are put on it: ``1e-3`` removes float noise
+            such as ``-127.00001`` and dead channels, which would otherwise each need a
+            correction map, at a cost of at most ``snap`` (median) steps per element.
 
     Returns:
         The rewritten model and a :class:`FoldReport`.
@@ -153,6 +155,8 @@ def _fold_one(
     scale, zero_point = np.broadcast_arrays(scale.astype(np.float32), zero_point.astype(np.float32))
     z = np.where(np.abs(zero_point - np.round(zero_point)) <= snap, np.round(zero_point), zero_point)
     shift = common_shift(z, qmin)
+    # Offsets below snap x the typical step (float noise, dead channels with a tiny range) go.
+    z = np.where(np.abs(scale * (z - shift)) <= snap * np.median(scale), shift, z)
     bits, new_signed, new_narrow, _ = quant_grid(qmin - shift, qmax - shift)
     offset = (-scale * (z - shift)).astype(np.float32)
 
