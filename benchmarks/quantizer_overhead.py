@@ -83,6 +83,24 @@ def make_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable
     return step
 
 
+def code_version() -> dict:
+    """Which dynaquant_brevitas was measured: its path, and the git commit and dirty state if any."""
+    import subprocess
+
+    import dynaquant_brevitas
+
+    package = Path(dynaquant_brevitas.__file__).resolve().parent
+    info = {"package": str(package), "git_commit": None, "package_dirty": None}
+    try:
+        git = ["git", "-C", str(package)]
+        info["git_commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(git + ["status", "--porcelain", "."], capture_output=True, text=True, check=True).stdout
+        info["package_dirty"] = bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
 def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
     torch.set_num_threads(threads)
     layers = build_layers()
@@ -162,6 +180,7 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
             "loadavg_after": load_after,
             "note": "CPU shared with other processes; compare ratios, not absolute times",
         },
+        "code": code_version(),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if profile:
@@ -187,11 +206,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="full-size warm-up steps per variant")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default=None, help="free text stored in the JSON (e.g. which checkout)")
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
     result = run(args.threads, args.repeats, args.warmup, args.profile)
     tables = result.pop("profile", None)
+    if args.note:
+        result["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, r in result["results"].items():
