@@ -99,7 +99,10 @@ def streamline(model):
 
 
 def to_hw(model):
-    """Convert streamlined nodes to FINN hardware layers (finn-plus's ``step_convert_to_hw`` order)."""
+    """Convert streamlined nodes to FINN hardware layers (finn-plus's ``step_convert_to_hw`` order).
+
+    The layout transposes at the graph's input and output stay in software (NCHW <-> NHWC).
+    """
     from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
     from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
         InferElementwiseBinaryOperation,
@@ -111,7 +114,6 @@ def to_hw(model):
     )
     from finn.transformation.fpgadataflow.convert_to_hw.relu_as_elementwise_max import InferReLUAsElementwiseMax
     from finn.transformation.fpgadataflow.convert_to_hw.requant import InferRequantLayer
-    from finn.transformation.fpgadataflow.convert_to_hw.shuffle import InferShuffle
     from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
     from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
     from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
@@ -135,7 +137,6 @@ def to_hw(model):
         InferDataLayouts(),
         InferDataTypes(),
         InferShapes(),
-        InferShuffle(),
     ]
     for t in steps:
         model = model.transform(t)
@@ -217,7 +218,7 @@ def finn_flow(model) -> Any:
     return to_hw(streamline(to_finn(model)))
 
 
-def prepare_qonnx(model, extra_weight_bits: int = 2):
+def prepare_qonnx(model, extra_weight_bits: int = 4):
     """The FINN-specific rewrite of a folded QONNX graph: integer dot products (see ``integer``)."""
     from .integer import absorb_activation_scales
 
@@ -245,7 +246,7 @@ def build_finn(
     target_cycles: Optional[int] = None,
     clock_ns: float = 5.0,
     fpga_part: str = DEFAULT_FPGA_PART,
-    extra_weight_bits: int = 2,
+    extra_weight_bits: int = 4,
     tolerance_steps: float = 1.0,
 ) -> FinnBuild:
     """QONNX (zero points folded) to a folded FINN dataflow partition, verified and estimated.
