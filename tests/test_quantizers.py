@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from brevitas.function.ops import tensor_clamp
 import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
 from hypothesis import given, settings
@@ -221,9 +222,11 @@ def manual_unscaled_grads(x, range_, offset, bits, signed, channel_dim, beta=1.0
     shape = [1] * x.dim()
     shape[channel_dim] = -1
     qmin, qmax = int_range(bits, signed, narrow_range=signed)
+    one = torch.ones((), dtype=torch.double)
     step = r.view(shape) / qmax
     zero = -o.view(shape) / step
-    q = torch.clamp(dgm_round(x.double() / step + zero, beta), qmin, qmax)
+    # Brevitas's clamp: values that round onto qmin/qmax are not clipped, so gradient passes
+    q = tensor_clamp(dgm_round(x.double() / step + zero, beta), qmin * one, qmax * one)
     return r, o, (q - zero) * step
 
 

@@ -19,10 +19,17 @@ needed. Gradients reaching ``range`` and ``offset`` are scaled as in LSQ by
 ``1 / sqrt(elements_per_channel * qmax(b))``.
 
 Per-sample bit widths: when a :class:`BitChoice` is set, sample ``n`` is quantized with the
-candidate selected for it. The output is ``sum_k w[n, k] * Q_k(x)`` with ``w`` one-hot in the
-forward pass, so values are exact, while a straight-through Gumbel-softmax ``w`` still receives a
-gradient for every candidate. A weight quantizer returns one quantized weight per sample
-(shape ``(N, *weight.shape)``) in that case; the DynaQuant layers run it as a grouped convolution.
+candidate selected for it; the selection weights ``w`` are one-hot in the forward pass, so values
+are exact, and carry the straight-through Gumbel-softmax gradient backward:
+
+* weights: ``W_n = sum_k w[n, k] * Q_k(W)``, one quantized weight per sample (shape
+  ``(N, *weight.shape)``), which the DynaQuant layers run as one grouped convolution;
+* activations: a single quantization pass with the per-sample step ``s_n = sum_k w[n, k] * s_k``
+  (and the chosen candidate's integer bounds), so the selector learns from how the loss responds
+  to each candidate's step size without quantizing every activation K times.
+
+The arithmetic is fused into one autograd node (:mod:`.fake_quant`) whenever the rounding module
+provides ``grad_multiplier``; other rounding modules go through plain autograd.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from brevitas.function.ops import tensor_clamp
 from torch import Tensor, nn
+
+from ..gradients import DGMRound, STERound
+from .fake_quant import fake_quantize
 
 __all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
 
@@ -222,35 +233,67 @@ class ContentAwareIntQuant(nn.Module):
         shape[self.channel_dim % ndim] = -1
         return param.reshape(shape)
 
-    def _quantize(self, x: Tensor, bits: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        qmin, qmax = self.levels(bits)
+    def _grid(self, x: Tensor, qmax: int) -> Tuple[Tensor, Tensor]:
+        """Per-channel ``(range, offset)`` shaped for ``x``, with LSQ gradient scaling."""
         per_channel_elements = max(1, x.numel() // max(1, self.range.numel()))
         factor = 1.0 / (per_channel_elements * qmax) ** 0.5
         range_ = _scale_grad(self.range, factor) if self.learn_range else self.range
         offset = _scale_grad(self.offset, factor) if self.learn_offset else self.offset
         ndim = x.dim() if x.dim() > 0 else self.input_ndim
-        range_ = self._param_view(range_, ndim).clamp_min(_MIN_RANGE)
-        offset = self._param_view(offset, ndim)
+        return self._param_view(range_, ndim).clamp_min(_MIN_RANGE), self._param_view(offset, ndim)
+
+    def _fake_quantize(self, x: Tensor, scale: Tensor, zero_point: Tensor, qmin, qmax) -> Tensor:
+        impl = self.float_to_int_impl
+        multiplier = getattr(impl, "grad_multiplier", None)
+        qmin = torch.as_tensor(qmin, dtype=x.dtype, device=x.device)
+        qmax = torch.as_tensor(qmax, dtype=x.dtype, device=x.device)
+        if multiplier is None:  # a rounding module without a closed-form gradient: plain autograd
+            # Brevitas's clamp: values rounding onto qmin/qmax are not clipped and keep a gradient
+            return (tensor_clamp(impl(x / scale + zero_point), qmin, qmax) - zero_point) * scale
+        if isinstance(impl, (DGMRound, STERound)):  # closed form known: fused kernels
+            return fake_quantize(x, scale, zero_point, qmin, qmax, getattr(impl, "beta", 0.0))
+        return fake_quantize(x, scale, zero_point, qmin, qmax, multiplier=multiplier)
+
+    def _quantize(self, x: Tensor, bits: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        qmin, qmax = self.levels(bits)
+        range_, offset = self._grid(x, qmax)
         scale = range_ / qmax
         zero_point = -offset / scale
-        q = torch.clamp(self.float_to_int_impl(x / scale + zero_point), qmin, qmax)
-        x_hat = (q - zero_point) * scale
+        x_hat = self._fake_quantize(x, scale, zero_point, qmin, qmax)
         return x_hat, scale, zero_point, torch.tensor(float(bits), device=x.device)
 
     def _quantize_per_sample(self, x: Tensor, choice: BitChoice) -> Tuple[Tensor, ...]:
-        outputs = [self._quantize(x, bits) for bits in choice.candidates]
+        """Each sample at its own bit width; the selection weights get a gradient (see module doc)."""
         w = choice.weights.to(x.dtype)
+        table = torch.tensor(choice.candidates, dtype=w.dtype, device=w.device)
+        if self.is_weight:
+            return self._mix_quantized_weights(x, choice, w, table)
+        # Activations: one pass with a per-sample step s_n = sum_k w_nk s_k (exact in value).
+        view = (-1,) + (1,) * (x.dim() - 1)
+        steps, bounds = [], []
+        for bits in choice.candidates:
+            qmin, qmax = self.levels(bits)
+            range_, offset = self._grid(x, qmax)
+            steps.append(range_ / qmax)
+            bounds.append((qmin, qmax))
+        scale = sum(w[:, k].reshape(view) * s for k, s in enumerate(steps))
+        hard = w.detach()
+        lows, highs = (torch.tensor(b, dtype=w.dtype, device=w.device) for b in zip(*bounds))
+        qmin = (hard * lows).sum(1).reshape(view)
+        qmax = (hard * highs).sum(1).reshape(view)
+        zero_point = -offset / scale
+        x_hat = self._fake_quantize(x, scale, zero_point, qmin, qmax)
+        return x_hat, scale, zero_point, (hard * table).sum(1)
+
+    def _mix_quantized_weights(self, weight: Tensor, choice: BitChoice, w: Tensor, table: Tensor):
+        """One quantized weight per sample, ``sum_k w_nk Q_k(W)``: shape ``(N, *weight.shape)``."""
+        outputs = [self._quantize(weight, bits) for bits in choice.candidates]
 
         def mix(parts: List[Tensor]) -> Tensor:
-            # weights gain a leading sample dimension; activations already have one
-            parts = [p.unsqueeze(0) for p in parts] if self.is_weight else parts
-            view = (-1,) + (1,) * (parts[0].dim() - 1)
-            return sum(w[:, k].reshape(view) * p for k, p in enumerate(parts))
+            stacked = torch.stack(parts)  # (K, ...)
+            return torch.einsum("nk,k...->n...", w, stacked)
 
-        x_hat = mix([o[0] for o in outputs])
-        scale = mix([o[1] for o in outputs])
-        zero_point = mix([o[2] for o in outputs])
-        table = torch.tensor(choice.candidates, dtype=w.dtype, device=w.device)
+        x_hat, scale, zero_point = (mix([o[i] for o in outputs]) for i in range(3))
         return x_hat, scale, zero_point, (w.detach() * table).sum(1)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
