@@ -390,7 +390,7 @@ def export_finn(
         result = checked
     else:
         export_qonnx(module, path, input_shape, step=small.output_step, snap=snap, verify=False)
-        result = build_finn(path, **build)
+        result = build_finn(path, step=small.output_step, **build)
         for name in ("max_error_steps", "approximation_max_steps", "approximation_mean_steps"):
             setattr(result, name, getattr(checked, name))
     result.hw_model.save(_sibling(path, "_finn"))
