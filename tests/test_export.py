@@ -140,3 +140,24 @@ def test_fold_is_a_noop_without_zero_points(tmp_path):
 
     model, report = fold_zero_points(_brevitas_export(conv, (1, 2, 5, 5)))
     assert report.folded == []
+
+
+def test_cli_export_writes_verified_qonnx(tmp_path, capsys):
+    from dynaquant_brevitas.checkpoint import make_checkpoint, save_atomic
+    from dynaquant_brevitas.cli import main
+
+    torch.manual_seed(3)
+    config = DynaQuantConfig(candidate_bits=(4, 8))
+    model = dynaquantize(FactorizedPriorReLU(4, 6), config)
+    calibrate(model, [torch.rand(2, 3, 32, 32)])
+    checkpoint = tmp_path / "model.pt"
+    save_atomic(make_checkpoint(model, "bmshj2018-factorized-relu", {"N": 4, "M": 6}, dynaquant=config.to_dict()),
+                checkpoint)
+    out = tmp_path / "export"
+    status = main(["export", "--checkpoint", str(checkpoint), "--profile", "g_a.2=4,g_a.4=8,g_a.6=4,g_s.2=8,"
+                   "g_s.4=4,g_s.6=8", "--size", "32x32", "-o", str(out)])
+    assert status == 0
+    assert (out / "g_a.onnx").is_file() and (out / "g_s.onnx").is_file()
+    printed = capsys.readouterr().out
+    assert "'g_a.4': 8" in printed and printed.count("output steps") == 2
+    assert main(["export", "--checkpoint", str(checkpoint), "--profile", "g_a.2=5", "-o", str(out)]) == 2

@@ -1,0 +1,136 @@
+"""``dynaquant export``: freeze a bit profile, export g_a/g_s to QONNX (verified), optionally through FINN."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
+
+HELP = "freeze a bit profile and export the transforms to QONNX, verified; --finn runs FINN's flow"
+
+EPILOG = """examples:
+  dynaquant export --checkpoint model.pt --profile max -o export/
+  dynaquant export --checkpoint model.pt --profile g_a.2=6,g_a.4=4,g_a.6=8,g_s.2=8,g_s.4=6,g_s.6=4 \\
+      --size 768x512 --finn --clock-ns 5 --target-fps 30 -o export/
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help=HELP, description=HELP, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path, help="dynaquant checkpoint")
+    p.add_argument("--profile", default="max",
+                   help="max, min, mode (with --images), a JSON file, or NAME=BITS,... (default: max)")
+    p.add_argument("--images", type=Path, help="directory of images for --profile mode")
+    p.add_argument("--part", nargs="+", default=["g_a", "g_s"], help="transforms to export (default: g_a g_s)")
+    p.add_argument("--size", default="768x512", type=_size, help="image WIDTHxHEIGHT (default: 768x512)")
+    p.add_argument("--verify-size", default="48x32", type=_size,
+                   help="image size FINN's Python execution is verified at (default: 48x32)")
+    p.add_argument("--snap", type=float, default=1e-3,
+                   help="zero points this close to the integer grid are put on it (0: exact; default 1e-3)")
+    p.add_argument("--finn", action="store_true", help="also run FINN's front end and write its estimates")
+    p.add_argument("--clock-ns", type=float, default=5.0, help="clock period for the FPS estimate (default 5)")
+    p.add_argument("--target-fps", type=float, help="SetFolding target (default: fully serial layers)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    return p
+
+
+def _size(text: str) -> Tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be multiples of 16")
+    return width, height
+
+
+def parse_profile(text: str) -> Union[str, Dict[str, int]]:
+    """``max``/``min``/``mode``, a JSON file of ``{layer: bits}``, or ``name=bits,...``.
+
+    Example:
+        >>> parse_profile("g_a.2=6, g_s.4=4"), parse_profile("max")
+        ({'g_a.2': 6, 'g_s.4': 4}, 'max')
+    """
+    if text in ("max", "min", "mode"):
+        return text
+    if "=" in text:
+        pairs = [item.split("=") for item in text.split(",") if item.strip()]
+        return {name.strip(): int(bits) for name, bits in pairs}
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"--profile {text!r}: not max/min/mode, NAME=BITS pairs, or an existing JSON file")
+    return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+
+
+def _images(directory: Path) -> List[Any]:
+    from ..data import read_image
+
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise ValueError(f"no images in {directory}")
+    return [read_image(p) for p in files]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..export import export_qonnx
+    from ..transform import freeze
+
+    model = load_model(args.checkpoint)
+    if not hasattr(model, "dynaquant"):
+        raise ValueError(f"{args.checkpoint} holds a float model: dynaquantize and calibrate it first")
+    profile = parse_profile(args.profile)
+    images = _images(args.images) if profile == "mode" and args.images else None
+    frozen = freeze(model, profile, images)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "profile.json").write_text(json.dumps(frozen.dynaquant_profile, indent=2))
+    print(f"profile: {frozen.dynaquant_profile}")
+    report: Dict[str, Any] = {"profile": frozen.dynaquant_profile}
+    for part in args.part:
+        module = getattr(frozen, part, None)
+        if module is None:
+            raise ValueError(f"the model has no {part!r}")
+        shape = _input_shape(frozen, part, args.size)
+        path = args.output / f"{part}.onnx"
+        if args.finn:
+            report[part] = _finn(module, path, shape, _input_shape(frozen, part, args.verify_size), part, args)
+        else:
+            result = export_qonnx(module, str(path), shape, step=_step(part), snap=args.snap)
+            print(result.summary())
+            report[part] = {"qonnx": str(path), "max_error_steps": result.max_error_steps}
+    (args.output / "export.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _step(part: str) -> float:
+    """Output step of a CompressAI transform: latents are rounded to integers, pixels are 8-bit."""
+    return {"g_a": 1.0, "g_s": 1.0 / 255}.get(part, None)
+
+
+def _input_shape(model: Any, part: str, size: Tuple[int, int]) -> Tuple[int, ...]:
+    width, height = size
+    if part == "g_s":
+        channels = next(m for m in getattr(model, part).modules() if hasattr(m, "in_channels")).in_channels
+        return (1, channels, height // 16, width // 16)
+    return (1, 3, height, width)
+
+
+def _finn(module: Any, path: Path, shape: Tuple[int, ...], verify_shape: Tuple[int, ...], part: str,
+          args: argparse.Namespace) -> Dict[str, Any]:
+    from ..export.finn import export_finn
+
+    target = int(1e9 / args.clock_ns / args.target_fps) if args.target_fps else None
+    build = export_finn(module, str(path), shape, verify_shape=verify_shape, step=_step(part), snap=args.snap,
+                        target_cycles=target, clock_ns=args.clock_ns)
+    estimate = build.estimate
+    print(f"{part}: {len(build.layers)} FINN hardware layers, {estimate['fps']:.2f} fps at "
+          f"{1e3 / args.clock_ns:.0f} MHz; FINN vs QONNX {build.max_error_steps:.2g} steps, integer "
+          f"weights vs PyTorch max {build.approximation_max_steps:.2g} / mean "
+          f"{build.approximation_mean_steps:.2g} steps")
+    return {"qonnx": str(path), "finn": str(path.with_name(f"{part}_finn.onnx")),
+            "finn_vs_qonnx_max_steps": build.max_error_steps,
+            "integer_weights_vs_torch_max_steps": build.approximation_max_steps,
+            "integer_weights_vs_torch_mean_steps": build.approximation_mean_steps,
+            "layers": build.layers, "estimate": estimate}
