@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[export,dev]'
+	$(PY) -m pip install --quiet --no-deps finn-plus==1.6.1  # FINN front end; its pins clash with torch
+	$(PY) -m pip install --quiet click pydantic 'rich<14'  # what the FINN stages we call import
 	@touch $@
 
 demo: setup
