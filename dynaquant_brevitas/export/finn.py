@@ -173,12 +173,15 @@ def specialize(model, fpga_part: str = DEFAULT_FPGA_PART):
     return model
 
 
-def fold(model, target_cycles: int):
-    """Set PE/SIMD so each layer needs at most ``target_cycles`` cycles per frame (``SetFolding``)."""
+def fold(model, target_cycles: int, mvau_wwidth_max: int = 36):
+    """Set PE/SIMD so each layer needs at most ``target_cycles`` cycles per frame (``SetFolding``).
+
+    ``mvau_wwidth_max`` (FINN's default 36) caps ``SIMD * weight bits``: wide weights limit SIMD.
+    """
     from finn.transformation.fpgadataflow.set_folding import SetFolding
     from qonnx.transformation.general import GiveUniqueNodeNames
 
-    model = model.transform(SetFolding(target_cycles_per_frame=target_cycles))
+    model = model.transform(SetFolding(target_cycles_per_frame=target_cycles, mvau_wwidth_max=mvau_wwidth_max))
     return model.transform(GiveUniqueNodeNames())
 
 
@@ -251,6 +254,7 @@ def build_finn(
     extra_weight_bits: int = 4,
     tolerance_steps: float = 1.0,
     approximation_tolerance_steps: Optional[float] = None,
+    mvau_wwidth_max: int = 36,
 ) -> FinnBuild:
     """QONNX (zero points folded) to a folded FINN dataflow partition, verified and estimated.
 
@@ -271,6 +275,7 @@ def build_finn(
         step: the output step errors are measured in.
         target_cycles: cycles per frame ``SetFolding`` aims at (default: the slowest layer
             unfolded, i.e. fully serial).
+        mvau_wwidth_max: see :func:`fold`.
         clock_ns: clock period for the frames-per-second estimate.
     """
     from qonnx.core.modelwrapper import ModelWrapper
@@ -303,7 +308,7 @@ def build_finn(
     partition = specialize(partition, fpga_part)
     if target_cycles is None:
         target_cycles = max(partition.analysis(_cycles).values())
-    partition = fold(partition, target_cycles)
+    partition = fold(partition, target_cycles, mvau_wwidth_max)
     return FinnBuild(
         hw_model=hw, partition=partition, max_error_steps=worst, output_step=step,
         approximation_max_steps=approx_max, approximation_mean_steps=approx_sum / max(count, 1),
