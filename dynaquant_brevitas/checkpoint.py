@@ -12,7 +12,7 @@ Example:
     >>> import tempfile, os
     >>> model = build_model("bmshj2018-factorized", {"N": 8, "M": 12})
     >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
-    >>> save_atomic(make_checkpoint(model, "bmshj2018-factorized", {"N": 8, "M": 12}), path)
+    >>> _ = save_atomic(make_checkpoint(model, "bmshj2018-factorized", {"N": 8, "M": 12}), path)
     >>> type(load_model(path)).__name__
     'FactorizedPrior'
 """

@@ -52,10 +52,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise UsageError(f"--set {item!r}: value is not valid YAML: {err}") from err
+        value = parse_value(raw, item)
         *parents, leaf = key.strip().split(".")
         node = out
         for part in parents:
@@ -67,6 +64,24 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
             node = child
         node[leaf] = value
     return out
+
+
+def parse_value(raw: str, context: str = "") -> Any:
+    """A YAML scalar or collection; numbers in exponent notation (``3e-4``) become floats.
+
+    >>> parse_value("3e-4"), parse_value("[4, 6]"), parse_value("cuda")
+    (0.0003, [4, 6], 'cuda')
+    """
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--set {context or raw!r}: value is not valid YAML: {err}") from err
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            pass
+    return value
 
 
 def load_config(args: argparse.Namespace) -> dict[str, Any]:

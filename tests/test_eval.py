@@ -1,0 +1,91 @@
+"""Evaluation: CompressAI's JSON schema, bpp from real bytes, DynaQuant bits, zoo errors offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynaquant_brevitas.cli import main
+from dynaquant_brevitas.data import list_images, read_image
+from dynaquant_brevitas.evaluate import EvalError, encode_image, evaluate, load_for_eval, parse_zoo_spec
+from workflow_helpers import EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "reference" / "compressai_kodak"
+COMPRESSAI_KEYS = {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time"}
+
+
+@pytest.fixture(scope="module")
+def float_eval(float_run: Path, eval_images: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eval") / "float.json"
+    assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(eval_images),
+                 "-o", str(out), "--per-image"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_json_follows_compressai_schema(float_eval: dict) -> None:
+    reference = json.loads((REFERENCE / "compressai-bmshj2018-hyperprior_mse_cpu.json").read_text())
+    assert set(reference) <= set(float_eval)
+    assert set(reference["results"]) == COMPRESSAI_KEYS <= set(float_eval["results"])
+    for key in COMPRESSAI_KEYS - {"ms-ssim-rgb"}:
+        assert isinstance(float_eval["results"][key], list) and len(float_eval["results"][key]) == 1
+        assert isinstance(float_eval["results"][key][0], float)
+    assert isinstance(float_eval["name"], str) and isinstance(float_eval["description"], str)
+
+
+def test_bpp_is_eight_times_bytes_over_pixels(float_eval: dict, float_run: Path, eval_images: Path) -> None:
+    per_image = float_eval["models"][0]["per_image"]
+    assert [r["image"] for r in per_image] == [p.name for p in list_images(eval_images)]
+    model = load_for_eval(str(float_run / "final.pt")).model
+    for record, (h, w) in zip(per_image, EVAL_SIZES):
+        coded = encode_image(model, read_image(eval_images / record["image"]))
+        assert record["bytes"] == coded.num_bytes > 0
+        assert record["bpp"] == pytest.approx(8 * coded.num_bytes / (h * w), rel=1e-12)
+    mean_bpp = sum(r["bpp"] for r in per_image) / len(per_image)
+    assert float_eval["results"]["bpp"][0] == pytest.approx(mean_bpp)
+
+
+def test_ms_ssim_only_where_defined(float_eval: dict) -> None:
+    large, small = float_eval["models"][0]["per_image"]
+    assert 0 < large["ms-ssim-rgb"] <= 1 and small["ms-ssim-rgb"] is None
+    assert float_eval["results"]["ms-ssim-rgb"][0] == large["ms-ssim-rgb"]
+
+
+def test_several_checkpoints_give_several_points(float_run: Path, eval_images: Path) -> None:
+    result = evaluate([str(float_run / "final.pt"), str(float_run / "last.pt")], eval_images)
+    assert len(result["results"]["bpp"]) == 2
+    assert result["results"]["bpp"][0] == result["results"]["bpp"][1]  # same weights, same bytes
+
+
+def test_dynaquant_model_reports_chosen_bits(quant_run: Path, eval_images: Path) -> None:
+    result = evaluate([str(quant_run / "final.pt")], eval_images, per_image=True)
+    entry = result["models"][0]
+    assert len(entry["layers"]) == 6  # 3 encoder + 3 decoder dynamic layers of ScaleHyperprior
+    for record in entry["per_image"]:
+        assert len(record["layer_bits"]) == 6 and set(record["layer_bits"]) <= {4, 6, 8}
+        assert record["avg_bits"] == pytest.approx(sum(record["layer_bits"]) / 6)
+    assert 4 <= result["results"]["avg_bits"][0] <= 8
+
+
+def test_zoo_spec_parsing_and_offline_error(eval_images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    assert parse_zoo_spec("zoo:mbt2018:5:ms-ssim") == ("mbt2018", 5, "ms-ssim")
+    with pytest.raises(EvalError, match="zoo:NAME:QUALITY"):
+        parse_zoo_spec("zoo:mbt2018")
+    # A proxy that refuses connections makes the real download fail as it does offline.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    status = main(["eval", "--checkpoint", "zoo:bmshj2018-hyperprior:3", "--images", str(eval_images),
+                   "-o", str(tmp_path / "zoo.json")])
+    err = capsys.readouterr().err
+    assert status == 2 and "could not download" in err and "Traceback" not in err
+
+
+def test_missing_inputs_are_clear_errors(float_run: Path, eval_images: Path, tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--images", str(eval_images),
+                 "-o", str(tmp_path / "x.json")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(tmp_path),
+                 "-o", str(tmp_path / "x.json")]) == 2
+    assert "no images" in capsys.readouterr().err

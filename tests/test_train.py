@@ -1,0 +1,145 @@
+"""Training: the loss goes down, resume is exact, checkpoints survive SIGKILL, DDP runs, QAT works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynaquant_brevitas.checkpoint import load_checkpoint, load_model, model_from_checkpoint
+from dynaquant_brevitas.data import ImageFolderCrops
+from dynaquant_brevitas.train import ConfigError, GammaController, TrainConfig, rd_loss, train
+from workflow_helpers import TRAIN_DIR, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fixed_batch_loss(model: torch.nn.Module, lmbda: float = 0.013) -> float:
+    torch.manual_seed(123)
+    ds = ImageFolderCrops(TRAIN_DIR, patch_size=64)
+    x = torch.stack([ds[i] for i in range(4)])
+    model.eval()
+    with torch.no_grad():
+        return float(rd_loss(model(x), x, lmbda)["loss"])
+
+
+def test_training_lowers_the_loss(float_run: Path) -> None:
+    ckpt = load_checkpoint(float_run / "last.pt")
+    assert ckpt["step"] == 30
+    trained = model_from_checkpoint(ckpt)
+    torch.manual_seed(0)  # train() initialises the model from seed 0
+    untrained = model_from_checkpoint({**ckpt, "state_dict": type(trained)(**ckpt["model_kwargs"]).state_dict()})
+    assert _fixed_batch_loss(trained) < 0.8 * _fixed_batch_loss(untrained)
+
+
+def test_resume_continues_with_identical_state(tmp_path: Path) -> None:
+    full = train(tiny_config(tmp_path / "full", steps=6))
+    train(tiny_config(tmp_path / "part", steps=6), stop_at=3)
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 3
+    resumed = train(tiny_config(tmp_path / "part", steps=6), resume=True)
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert a["step"] == b["step"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for name in ("main", "aux"):
+        for sa, sb in zip(a["optimizers"][name]["state"].values(), b["optimizers"][name]["state"].values()):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def test_resume_refuses_a_finished_run(float_run: Path) -> None:
+    with pytest.raises(ConfigError, match="nothing to do"):
+        train(tiny_config(float_run, steps=30), resume=True)
+
+
+SAVER = textwrap.dedent(
+    """
+    import importlib.util, sys, torch
+    # checkpoint.py alone (no package import), so the subprocess starts quickly
+    spec = importlib.util.spec_from_file_location("checkpoint", sys.argv[2])
+    checkpoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checkpoint)
+    for step in range(1, 1000):
+        print("saving", step, flush=True)
+        # ~40 MB, so that a save takes long enough to be killed half-way
+        checkpoint.save_atomic({"step": step, "payload": torch.full((10_000_000,), float(step))}, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("kill_during_save", [2, 3])
+def test_checkpoint_on_disk_is_complete_after_sigkill(tmp_path: Path, kill_during_save: int) -> None:
+    path = tmp_path / "last.pt"
+    module = REPO / "dynaquant_brevitas" / "checkpoint.py"
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), str(module)], stdout=subprocess.PIPE, text=True)
+    try:
+        while proc.stdout.readline().split() != ["saving", str(kill_during_save)]:
+            pass
+        time.sleep(0.005 * kill_during_save)  # inside torch.save / fsync of that save
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    ckpt = torch.load(path, weights_only=False)  # the previous (or this) complete checkpoint
+    assert ckpt["step"] in (kill_during_save - 1, kill_during_save)
+    assert ckpt["payload"].numel() == 10_000_000
+    assert bool((ckpt["payload"] == float(ckpt["step"])).all())
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
+    assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_ddp_two_gloo_processes_run_two_steps(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "dynaquant_brevitas", "train", "--arch", "bmshj2018-factorized",
+        "--set", "model.N=8", "--set", "model.M=12", "--set", "data.patch_size=64", "--set", "data.batch_size=2",
+        "--data", str(TRAIN_DIR), "--steps", "2", "--output", str(out), "--device", "cpu", "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    # each rank drew different crops, so their RNG states differ
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    load_model(out / "final.pt")
+
+
+def test_quantization_aware_finetuning(quant_run: Path) -> None:
+    ckpt = load_checkpoint(quant_run / "last.pt")
+    assert ckpt["dynaquant"]["candidate_bits"] == [4, 6, 8]
+    assert ckpt["controller"]["avg_bits"] is not None
+    model = model_from_checkpoint(ckpt)
+    out = model(torch.rand(1, 3, 64, 64))
+    assert set(out["bits"]["bits"].flatten().tolist()) <= {4, 6, 8}
+    lines = (quant_run / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and '"avg_bits"' in lines[-1] and '"gamma"' in lines[-1]
+
+
+def test_gamma_controller_settles_within_a_tenth_of_a_bit() -> None:
+    # A plant in which a larger bit penalty lowers the chosen bits (as training does).
+    controller = GammaController(target=6.0, gamma0=0.0, kp=0.05, ki=0.002)
+    bits = 8.0
+    for _ in range(3000):
+        gamma = controller.update(bits)
+        bits += 0.05 * ((8.0 - 3.0 * gamma) - bits)  # bits relax towards 8 - 3 gamma
+    assert abs(bits - 6.0) < 0.1
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_dict({"train": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="metric"):
+        TrainConfig.from_dict({"train": {"metric": "l1"}})
+    with pytest.raises(ConfigError, match="quant.config"):
+        TrainConfig.from_dict({"quant": {"config": {"candidate_bits": [6, 8], "target_bits": 12}}})
+    cfg = TrainConfig.from_dict({"model": {"arch": "bmshj2018-factorized", "N": 8, "M": 12}})
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
