@@ -161,3 +161,15 @@ def test_cli_export_writes_verified_qonnx(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "'g_a.4': 8" in printed and printed.count("output steps") == 2
     assert main(["export", "--checkpoint", str(checkpoint), "--profile", "g_a.2=5", "-o", str(out)]) == 2
+
+
+def test_export_refuses_a_part_that_still_follows_the_selector(tmp_path):
+    torch.manual_seed(4)
+    model = dynaquantize(FactorizedPriorReLU(4, 6), DynaQuantConfig(candidate_bits=(4, 8)))
+    calibrate(model, [torch.rand(2, 3, 32, 32)])
+    with torch.no_grad():
+        model.eval()(torch.rand(2, 3, 32, 32))  # the selector sets a per-sample choice
+    with pytest.raises(ValueError, match="freeze"):
+        export_qonnx(model.g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
+    result = export_qonnx(freeze(model, "min").g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
+    assert result.max_error_steps < 1

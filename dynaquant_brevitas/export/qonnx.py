@@ -99,16 +99,24 @@ def export_qonnx(
 
 
 def frozen(module: nn.Module, profile: Optional[Any] = None) -> nn.Module:
-    """``module`` with a fixed bit width per layer (frozen with ``profile`` when it is dynamic)."""
-    if profile is None and not _has_selector(module):
-        return module
-    from ..transform import freeze  # the lead's module; imported late so export works without it
+    """``module`` with one bit width per layer.
 
-    return freeze(module, profile)
+    A dynaquantized model (``model.dynaquant``) is frozen with ``profile`` (``"max"`` when not
+    given). A part of a dynamic model that still carries a per-sample bit choice is refused:
+    its bit widths would be whatever the last forward pass picked.
+    """
+    if hasattr(module, "dynaquant"):
+        from ..transform import freeze  # imported late: export works on plain Brevitas modules too
 
-
-def _has_selector(module: nn.Module) -> bool:
-    return any(type(m).__name__.endswith("Selector") for m in module.modules())
+        return freeze(module, profile if profile is not None else "max")
+    if profile is not None:
+        raise ValueError("a profile needs the whole dynaquantized model (with model.dynaquant), not a part")
+    if any(getattr(m, "bit_choice", None) is not None for m in module.modules()):
+        raise ValueError(
+            "this module still follows a bit-width selector: export a frozen model, "
+            "e.g. freeze(model, profile).g_a (dynaquant_brevitas.transform.freeze)"
+        )
+    return module
 
 
 def _brevitas_export(module: nn.Module, input_shape: Sequence[int]) -> ModelWrapper:
