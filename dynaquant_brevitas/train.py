@@ -82,6 +82,10 @@ class TrainSection:
     """Optimisation, schedule and bookkeeping.
 
     The learning rate is multiplied by ``lr_drop_factor`` from ``lr_drop_at * steps`` on.
+    ``init_from`` starts from a float checkpoint's weights (fine-tuning, or QAT): the
+    architecture is then the checkpoint's, unless ``init_partial`` is set, which builds
+    ``model`` and copies only the tensors whose names and shapes match (an initialisation
+    for a related architecture).
     """
 
     steps: int = 1000
@@ -99,20 +103,21 @@ class TrainSection:
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    init_from: str | None = None
+    init_partial: bool = False
 
 
 @dataclass
 class QuantSection:
     """DynaQuant fine-tuning; ``config`` is a ``DynaQuantConfig`` dict (``None``: float training).
 
-    ``init_from`` is the float checkpoint to start from. The bit-loss weight ``gamma``, the
+    Start from a float checkpoint with ``train.init_from``. The bit-loss weight ``gamma``, the
     ``target_bits`` and the temperature schedule come from ``config``; with ``target_bits`` set,
     ``gamma`` is steered by a proportional-integral controller (gains ``kp``, ``ki``) on the
     moving average (factor ``bits_ema``) of the chosen bit width.
     """
 
     config: dict[str, Any] | None = None
-    init_from: str | None = None
     kp: float = 0.05
     ki: float = 0.002
     bits_ema: float = 0.9
@@ -394,15 +399,34 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def build_float_model(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The float model to train: fresh from the config, or (for QAT) from ``quant.init_from``."""
-    if cfg.quantized and cfg.quant.init_from:
-        ckpt = load_checkpoint(cfg.quant.init_from)
-        if ckpt.get("dynaquant") is not None:
-            raise ConfigError(f"quant.init_from {cfg.quant.init_from} is already quantized; give a float checkpoint")
-        model = build_model(ckpt["arch"], ckpt["model_kwargs"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model, ckpt["arch"], dict(ckpt["model_kwargs"])
-    return build_model(cfg.model.arch, cfg.model.kwargs), cfg.model.arch, dict(cfg.model.kwargs)
+    """The float model to train: fresh from ``model``, or initialised from ``train.init_from``."""
+    if not cfg.train.init_from:
+        return build_model(cfg.model.arch, cfg.model.kwargs), cfg.model.arch, dict(cfg.model.kwargs)
+    ckpt = load_checkpoint(cfg.train.init_from)
+    if ckpt.get("dynaquant") is not None:
+        raise ConfigError(f"train.init_from {cfg.train.init_from} is already quantized; give a float checkpoint")
+    if cfg.train.init_partial:
+        model = build_model(cfg.model.arch, cfg.model.kwargs)
+        load_matching(model, ckpt["state_dict"])
+        return model, cfg.model.arch, dict(cfg.model.kwargs)
+    model = build_model(ckpt["arch"], ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt["arch"], dict(ckpt["model_kwargs"])
+
+
+def load_matching(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy the tensors whose name and shape match into ``model``; returns the names left as initialised.
+
+    >>> from compressai.models import FactorizedPrior, FactorizedPriorReLU
+    >>> skipped = load_matching(FactorizedPriorReLU(8, 12), FactorizedPrior(8, 12).state_dict())
+    >>> any(name.startswith("g_a.0") for name in skipped)
+    False
+    """
+    own = model.state_dict()
+    matching = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(matching))
+    model.load_state_dict(matching, strict=False)
+    return skipped
 
 
 def quantize_for_training(model: nn.Module, cfg: TrainConfig, batches: Iterator[torch.Tensor], calibrate_: bool) -> nn.Module:
@@ -519,8 +543,11 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     return logs
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool | str | os.PathLike = False, stop_at: int | None = None) -> dict[str, Any]:
     """Run (or with ``resume``, continue) training; returns the last logged metrics and paths.
+
+    ``resume=True`` continues from ``<train.output>/last.pt``; a path continues from that
+    checkpoint instead (e.g. one committed by an earlier session), writing to ``train.output``.
 
     ``stop_at`` ends this invocation early at that global step (with a checkpoint), as an
     interruption would; the schedule still follows ``train.steps``.
@@ -539,13 +566,18 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None) ->
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: Dist, device: torch.device, stop_at: int | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device: torch.device, stop_at: int | None) -> dict[str, Any]:
     out_dir = Path(cfg.train.output)
-    ckpt = load_checkpoint(checkpoint_path(cfg)) if resume else None
-    if ckpt is not None and ckpt.get("step", 0) >= cfg.train.steps:
-        raise ConfigError(f"checkpoint is at step {ckpt['step']}, train.steps is {cfg.train.steps}: nothing to do")
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path(cfg) if resume is True else resume)
+    if ckpt is not None:
+        _check_resumable(ckpt, cfg)
     seed_everything(cfg.train.seed)  # identical model initialisation on every rank
-    model, arch, kwargs = build_float_model(cfg)
+    if ckpt is None:
+        model, arch, kwargs = build_float_model(cfg)
+    else:  # weights come from the checkpoint; no need for train.init_from any more
+        model, arch, kwargs = build_model(ckpt["arch"], ckpt["model_kwargs"]), ckpt["arch"], dict(ckpt["model_kwargs"])
     model.to(device)
     seed_everything(cfg.train.seed + 1000 * ctx.rank)
     dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
@@ -563,6 +595,16 @@ def _train(cfg: TrainConfig, resume: bool, ctx: Dist, device: torch.device, stop
     if ctx.main:
         _write_run_files(out_dir, cfg)
     return _loop(state, cfg, ctx, batches, device, stop_at or cfg.train.steps)
+
+
+def _check_resumable(ckpt: Mapping[str, Any], cfg: TrainConfig) -> None:
+    if "optimizers" not in ckpt:
+        raise ConfigError("checkpoint holds weights only (no optimizer state); use train.init_from to start from it")
+    if ckpt.get("step", 0) >= cfg.train.steps:
+        raise ConfigError(f"checkpoint is at step {ckpt['step']}, train.steps is {cfg.train.steps}: nothing to do")
+    if (ckpt.get("dynaquant") is not None) != cfg.quantized:
+        kind = "quantized" if ckpt.get("dynaquant") is not None else "float"
+        raise ConfigError(f"checkpoint is {kind} but the config {'has' if cfg.quantized else 'has no'} quant.config")
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -98,3 +98,14 @@ def test_plot_writes_png_and_pdf_and_bd_rates(tmp_path: Path, capsys) -> None:
     assert status == 0 and "BD-rate -" in out
     for suffix in ("png", "pdf"):
         assert (tmp_path / f"fig-rd.{suffix}").stat().st_size > 1000
+
+
+def test_committed_configs_are_valid() -> None:
+    from dynaquant_brevitas.commands._common import read_yaml
+    from dynaquant_brevitas.train import TrainConfig
+
+    configs = sorted((REPO / "configs").glob("*/*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = TrainConfig.from_dict(read_yaml(path))
+        assert cfg.train.output.startswith("runs/"), path  # run outputs stay out of git

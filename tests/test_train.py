@@ -143,3 +143,22 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         TrainConfig.from_dict({"quant": {"config": {"candidate_bits": [6, 8], "target_bits": 12}}})
     cfg = TrainConfig.from_dict({"model": {"arch": "bmshj2018-factorized", "N": 8, "M": 12}})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_init_from_a_related_architecture_copies_matching_tensors(float_run: Path) -> None:
+    from dynaquant_brevitas.train import build_float_model
+
+    source = load_checkpoint(float_run / "final.pt")["state_dict"]
+    cfg = tiny_config(float_run / "unused", train={"init_from": str(float_run / "final.pt"), "init_partial": True},
+                      model={"arch": "bmshj2018-factorized-relu"})
+    model, arch, kwargs = build_float_model(cfg)
+    assert type(model).__name__ == "FactorizedPriorReLU" and arch == "bmshj2018-factorized-relu"
+    assert torch.equal(model.state_dict()["g_s.6.weight"], source["g_s.6.weight"])
+
+
+def test_resume_from_an_explicit_checkpoint_into_a_new_directory(tmp_path: Path) -> None:
+    train(tiny_config(tmp_path / "a", steps=4), stop_at=2)
+    summary = train(tiny_config(tmp_path / "b", steps=4), resume=tmp_path / "a" / "last.pt")
+    assert summary["step"] == 4 and (tmp_path / "b" / "final.pt").exists()
+    with pytest.raises(ConfigError, match="weights only"):
+        train(tiny_config(tmp_path / "c", steps=8), resume=tmp_path / "b" / "final.pt")

@@ -55,8 +55,8 @@ def quant_run(tmp_path_factory, float_run) -> Path:
     """The float model fine-tuned 4 steps with DynaQuant (candidates 4/6/8, target 6 bits)."""
     out = tmp_path_factory.mktemp("quant_run")
     cfg = tiny_config(
-        out, steps=4, train={"lr": 1e-4},
-        quant={"init_from": str(float_run / "final.pt"), "calibration_batches": 2,
+        out, steps=4, train={"lr": 1e-4, "init_from": str(float_run / "final.pt")},
+        quant={"calibration_batches": 2,
                "config": {"candidate_bits": [4, 6, 8], "target_bits": 6.0, "tau_decay_steps": 10}},
     )
     train(cfg)

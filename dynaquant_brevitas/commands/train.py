@@ -10,8 +10,11 @@ from ._common import add_config_arguments, apply_overrides, load_config
 HELP = "train a CompressAI model (float, or DynaQuant QAT when quant.config is set)"
 
 EPILOG = """examples:
-  dynaquant train -c configs/reference/bmshj2018-hyperprior-N64-M96-q3.yaml
-  dynaquant train -c configs/reference/bmshj2018-hyperprior-N64-M96-q3.yaml --resume
+  dynaquant train -c configs/reference/bmshj2018-hyperprior-N64-M96-q4.yaml
+  dynaquant train -c configs/reference/bmshj2018-hyperprior-N64-M96-q4.yaml --resume
+  dynaquant train -c configs/reference/bmshj2018-hyperprior-N64-M96-q4.yaml \
+      --resume checkpoints/resume/bmshj2018-hyperprior-N64-M96-q4.pt
+  dynaquant train -c configs/dynaquant/bmshj2018-hyperprior-N64-M96-q4-dynamic.yaml
   dynaquant train --arch bmshj2018-factorized --set model.N=8 --set model.M=12 --steps 10 --output runs/tiny
   torchrun --nproc-per-node 2 -m dynaquant_brevitas train -c CONFIG.yaml   (DistributedDataParallel)
 """
@@ -22,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue from <train.output>/last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from <train.output>/last.pt, or from CHECKPOINT (writing to train.output)")
     p.add_argument("--arch", help="CompressAI architecture name (= --set model.arch=...)")
     p.add_argument("--data", help="training image folder (= --set data.root=...)")
     p.add_argument("--steps", type=int, help="total optimisation steps (= --set train.steps=...)")
@@ -30,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lmbda", type=float, help="rate-distortion trade-off (= --set train.lmbda=...)")
     p.add_argument("--output", help="run directory for checkpoints and logs (= --set train.output=...)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (= --set train.device=...)")
-    p.add_argument("--init-from", help="float checkpoint to fine-tune (= --set quant.init_from=...)")
+    p.add_argument("--init-from", help="float checkpoint to start from (= --set train.init_from=...)")
     p.add_argument("--target-bits", type=float, help="steer gamma to this average bit width (= --set quant.config.target_bits=...)")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="stop (with a checkpoint) at this global step; the schedule still follows train.steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -40,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 FLAG_KEYS = {
     "arch": "model.arch", "data": "data.root", "steps": "train.steps", "lr": "train.lr",
     "lmbda": "train.lmbda", "output": "train.output", "device": "train.device",
-    "init_from": "quant.init_from", "target_bits": "quant.config.target_bits",
+    "init_from": "train.init_from", "target_bits": "quant.config.target_bits",
 }
 
 
