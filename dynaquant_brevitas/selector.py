@@ -63,6 +63,7 @@ class BitSelector(nn.Module):
         self.candidates = tuple(int(b) for b in candidates)
         self.layers = int(layers)
         self.pool = int(pool)
+        self.max_side = 64
         self.register_buffer("temperature", torch.tensor(1.0))
         features = channels * (pool * pool + 1)
         self.mlp = nn.Sequential(
@@ -73,8 +74,15 @@ class BitSelector(nn.Module):
         )
 
     def features(self, x: Tensor) -> Tensor:
-        """Pooled grid means and per-channel spread; the codec's transform gets no gradient."""
+        """Pooled grid means and per-channel spread; the codec's transform gets no gradient.
+
+        Large feature maps are read with a stride so that at most about ``max_side`` pixels per
+        side are pooled: statistics need no more, and the selector stays cheap on big images.
+        """
         x = x.detach()
+        stride = max(1, min(x.shape[-2:]) // self.max_side)
+        if stride > 1:
+            x = x[..., ::stride, ::stride].contiguous()
         pooled = F.adaptive_avg_pool2d(x, self.pool).flatten(1)
         spread = x.flatten(2).std(dim=2, unbiased=False)
         return torch.cat([pooled, spread], dim=1)

@@ -91,13 +91,16 @@ def _backward_with_multiplier(x, scale, zero_point, qmin, qmax, grad, multiplier
 
 
 _kernels = {"forward": _forward, "backward": _backward}
+_compiled: dict = {}
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Run the DGM/STE fake-quantization kernels compiled with ``torch.compile`` (or not)."""
     if enabled:
-        _kernels["forward"] = torch.compile(_pure_forward, dynamic=True)
-        _kernels["backward"] = torch.compile(_backward, dynamic=True)
+        if not _compiled:
+            _compiled["forward"] = torch.compile(_pure_forward, dynamic=True)
+            _compiled["backward"] = torch.compile(_backward, dynamic=True)
+        _kernels.update(_compiled)
     else:
         _kernels.update(forward=_forward, backward=_backward)
 
