@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
-from .gradients import ROUNDING_ESTIMATORS
+from . import plugins
 
 __all__ = ["DynaQuantConfig"]
 
@@ -38,6 +38,8 @@ class DynaQuantConfig:
             entropy-parameter networks.
         quantize_activations: quantize every quantized layer's input as well as its weights.
         estimator: rounding estimator name (``"dgm"`` or ``"ste"``, or one added by a plugin).
+        selector: bit-width selector name (``"mlp"``, the paper's pooled-statistics MLP, or one
+            added by a plugin).
         beta: DGM sharpness (``> 0``).
         learn_scale: learn the per-channel ranges (otherwise they stay at their calibration).
         learn_offset: learn per-channel activation offsets.
@@ -69,6 +71,7 @@ class DynaQuantConfig:
     tau_start: float = 2.0
     tau_end: float = 0.5
     tau_decay_steps: int = 5000
+    selector: str = "mlp"
     selector_hidden: int = 64
     selector_pool: int = 5
     selector_dropout: float = 0.2
@@ -82,9 +85,11 @@ class DynaQuantConfig:
         object.__setattr__(self, "candidate_bits", _normalise_bits(self.candidate_bits))
         object.__setattr__(self, "float_modules", tuple(self.float_modules))
         _check_bits("fixed_bits", self.fixed_bits)
-        if self.estimator not in ROUNDING_ESTIMATORS:
-            known = ", ".join(sorted(ROUNDING_ESTIMATORS))
-            raise ValueError(f"estimator: unknown rounding estimator {self.estimator!r} (known: {known})")
+        for kind in ("estimator", "selector"):  # registered names, built in or from plugins
+            try:
+                plugins.lookup(kind, getattr(self, kind))
+            except ValueError as error:
+                raise ValueError(f"{kind}: {error}") from None
         _check_positive("beta", self.beta)
         _check_non_negative("gamma", self.gamma)
         _check_positive("tau_start", self.tau_start)

@@ -25,11 +25,14 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable, Dict, Type
+from typing import Callable, Dict, Mapping, Type
 
 import torch
 from torch import Tensor, nn
+
+from . import plugins
 
 __all__ = [
     "dgm_gradient",
@@ -149,40 +152,60 @@ class STERound(nn.Module):
         return None
 
 
-ROUNDING_ESTIMATORS: Dict[str, Type[nn.Module]] = {}
+#: Rounding estimators by name: a live, read-only view of the plugin registry
+#: (:mod:`dynaquant_brevitas.plugins`), built-ins ``dgm`` and ``ste`` included.
+ROUNDING_ESTIMATORS: Mapping[str, Type[nn.Module]] = plugins.RegistryView("estimator")
 
 
 def register_rounding_estimator(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    """Class decorator that makes a rounding module selectable by ``name``."""
+    """Class decorator: register a rounding module as ``name`` (a one-hook plugin).
+
+    Registering the same class again is a no-op; another class under a taken name is refused.
+
+    Example::
+
+        @register_rounding_estimator("floor-ste")
+        class FloorSTE(nn.Module):
+            def __init__(self):
+                super().__init__()
+
+            def forward(self, x):
+                return x + (torch.floor(x) - x).detach()
+
+    Installed packages register through the ``dynaquant`` entry points instead (see
+    :mod:`dynaquant_brevitas.plugins`).
+    """
 
     def decorator(cls: Type[nn.Module]) -> Type[nn.Module]:
-        if name in ROUNDING_ESTIMATORS and ROUNDING_ESTIMATORS[name] is not cls:
-            raise ValueError(
-                f"rounding estimator {name!r} is already registered by "
-                f"{ROUNDING_ESTIMATORS[name].__module__}.{ROUNDING_ESTIMATORS[name].__qualname__}"
-            )
-        ROUNDING_ESTIMATORS[name] = cls
+        if ROUNDING_ESTIMATORS.get(name) is not cls:
+            plugins.register(_OneEstimator(name, cls), name=f"estimator:{name}:{cls.__module__}.{cls.__qualname__}")
         return cls
 
     return decorator
 
 
-register_rounding_estimator("dgm")(DGMRound)
-register_rounding_estimator("ste")(STERound)
+class _OneEstimator:
+    """A plugin that registers one rounding estimator (what the decorator registers)."""
+
+    def __init__(self, name: str, cls: Type[nn.Module]) -> None:
+        self.__name__ = cls.__module__
+        self.entry = {name: cls}
+
+    @plugins.hookimpl
+    def dynaquant_rounding_estimators(self) -> Dict[str, Type[nn.Module]]:
+        return self.entry
 
 
 def rounding_estimator(name: str, beta: float = 1.0) -> nn.Module:
     """Build the rounding module registered as ``name`` (``"dgm"`` or ``"ste"`` built in).
 
+    ``beta`` goes to classes whose constructor takes ``rounding_beta`` (as Brevitas injects it).
+
     Example:
         >>> rounding_estimator("dgm", beta=2.0)
         DGMRound(beta=2.0)
     """
-    try:
-        cls = ROUNDING_ESTIMATORS[name]
-    except KeyError:
-        known = ", ".join(sorted(ROUNDING_ESTIMATORS))
-        raise ValueError(f"unknown rounding estimator {name!r}; known: {known}") from None
-    if cls is DGMRound:
+    cls = plugins.lookup("estimator", name)
+    if "rounding_beta" in inspect.signature(cls.__init__).parameters:
         return cls(rounding_beta=beta)
     return cls()

@@ -1,6 +1,8 @@
 """``dynaquantize``: a CompressAI model in, a DynaQuant model out; ``freeze`` for a static one.
 
-What happens to each module (the *plan*, see :func:`plan_quantization`):
+What happens to each module (the *plan*, see :func:`plan_quantization`). The rules below are the
+built-in ones; plugins (:mod:`dynaquant_brevitas.plugins`) add layer handlers and per-architecture
+model adapters, and the plan follows them:
 
 * **dynamic** - Conv2d, ConvTranspose2d, MaskedConv2d and Linear layers inside the analysis
   transform ``g_a`` and synthesis transform ``g_s``, after their first module. A selector picks
@@ -12,7 +14,8 @@ What happens to each module (the *plan*, see :func:`plan_quantization`):
   layer quantizes their output), the entropy models (their CDFs drive the arithmetic coder), and
   the context model of the autoregressive coders (``mbt2018``, ``cheng2020-anchor/attn``), whose
   coding loop reads ``context_prediction.weight`` directly, so a quantized version would make the
-  training forward and the coded bitstream disagree. Elementwise layers with parameters
+  training forward and the coded bitstream disagree (the built-in ``autoregressive-context``
+  model adapter). Elementwise layers with parameters
   (normalisations, PReLU) stay float too.
 * anything else with parameters is **unsupported**: an error naming it, or a warning with
   ``config.unsupported == "skip"``.
@@ -44,19 +47,15 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Typ
 
 import torch
 from compressai.entropy_models import EntropyModel
-from compressai.layers import GDN, MaskedConv2d
+from compressai.layers import GDN
 from torch import Tensor, nn
 
+from . import plugins
 from .config import DynaQuantConfig
-from .layers import (
-    DynaQuantConv2d,
-    DynaQuantConvTranspose2d,
-    DynaQuantLayer,
-    DynaQuantLinear,
-    DynaQuantMaskedConv2d,
-)
+from .layers import DynaQuantLayer
+from .plugins import DECODER, ENCODER
 from .quant import BitChoice
-from .selector import BitSelector, Selection
+from .selector import Selection
 
 __all__ = [
     "DynaQuantState",
@@ -67,16 +66,6 @@ __all__ = [
     "freeze",
     "plan_quantization",
 ]
-
-ENCODER, DECODER = "encoder", "decoder"
-
-#: float module type -> DynaQuant layer class; the most specific type wins.
-LAYER_HANDLERS: Dict[Type[nn.Module], Type[DynaQuantLayer]] = {
-    MaskedConv2d: DynaQuantMaskedConv2d,
-    nn.Conv2d: DynaQuantConv2d,
-    nn.ConvTranspose2d: DynaQuantConvTranspose2d,
-    nn.Linear: DynaQuantLinear,
-}
 
 #: module types left in floating point by design (see the module docstring).
 FLOAT_BY_DESIGN: Tuple[Type[nn.Module], ...] = (
@@ -102,6 +91,7 @@ class QuantizationPlan:
     float: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     taps: Dict[str, str] = field(default_factory=dict)
+    adapter: str = ""
 
     def role(self, name: str) -> Optional[str]:
         for side, names in self.dynamic.items():
@@ -110,37 +100,16 @@ class QuantizationPlan:
         return "fixed" if name in self.fixed else None
 
 
-def _handler_for(module: nn.Module) -> Optional[Type[DynaQuantLayer]]:
-    """The handler of the closest float class whose ``forward`` the module still uses."""
-    for cls in type(module).__mro__:
-        handler = LAYER_HANDLERS.get(cls)
-        if handler is not None:
-            return handler if type(module).forward is cls.forward else None
-    return None
-
-
-def _first_child(module: nn.Module, path: str) -> Tuple[str, nn.Module]:
-    for name, child in module.named_children():
-        return f"{path}.{name}", child
-    return path, module
-
-
-def _autoregressive_context(model: nn.Module) -> List[str]:
-    """Context models that CompressAI's coding loops read by weight (kept float)."""
-    from compressai.latent_codecs.rasterscan import RasterScanLatentCodec
-    from compressai.models import JointAutoregressiveHierarchicalPriors
-
-    names = []
-    if isinstance(model, JointAutoregressiveHierarchicalPriors):
-        names.append("context_prediction")
-    for name, module in model.named_modules():
-        if isinstance(module, RasterScanLatentCodec):
-            names.append(f"{name}.context_prediction")
-    return names
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def plan_quantization(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> QuantizationPlan:
     """Decide, without changing anything, what ``dynaquantize`` does to each module.
+
+    The model adapter that applies to ``model`` (:func:`~dynaquant_brevitas.plugins.adapter_for`)
+    names the selectors' taps and the modules kept float or at fixed precision; the registered
+    layer handlers decide what can be quantized.
 
     Raises:
         UnsupportedModuleError: for a module no handler quantizes (``unsupported="error"``).
@@ -148,32 +117,26 @@ def plan_quantization(model: nn.Module, config: Optional[DynaQuantConfig] = None
     """
     config = config or DynaQuantConfig()
     plan = QuantizationPlan()
-    transforms = {}
-    for side, attr in ((ENCODER, config.analysis), (DECODER, config.synthesis)):
-        transform = getattr(model, attr, None)
-        if not isinstance(transform, nn.Module):
-            raise ValueError(
-                f"{type(model).__name__} has no module {attr!r} to use as the {side} transform; "
-                f"set DynaQuantConfig(analysis=..., synthesis=...) to its attribute names"
-            )
-        transforms[side] = attr
-        plan.taps[side], _ = _first_child(transform, attr)
-    float_patterns = list(config.float_modules) + _autoregressive_context(model)
+    plan.adapter, adapter = plugins.adapter_for(model)
+    plan.taps = adapter.taps(model, config)
+    transforms = {ENCODER: config.analysis, DECODER: config.synthesis}
+    float_patterns = list(config.float_modules) + list(adapter.float_modules(model, config))
+    fixed_patterns = list(adapter.fixed_modules(model, config))
 
     def side_of(name: str) -> Optional[str]:
         for side, attr in transforms.items():
             tap = plan.taps[side]
             inside_tap = name == tap or name.startswith(tap + ".")
-            if name.startswith(attr + ".") and not inside_tap:
+            if name.startswith(attr + ".") and not inside_tap and not _matches(name, fixed_patterns):
                 return side
         return None
 
     def visit(module: nn.Module, prefix: str) -> None:
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if any(fnmatch.fnmatchcase(name, p) for p in float_patterns):
+            if _matches(name, float_patterns):
                 plan.float.append(name)
-            elif _handler_for(child) is not None:
+            elif plugins.handler_for(child) is not None:
                 side = side_of(name)
                 (plan.dynamic[side] if side else plan.fixed).append(name)
             elif isinstance(child, FLOAT_BY_DESIGN):
@@ -188,10 +151,10 @@ def plan_quantization(model: nn.Module, config: Optional[DynaQuantConfig] = None
 
 
 def _unsupported(name: str, module: nn.Module, config: DynaQuantConfig, plan: QuantizationPlan) -> None:
+    supported = ", ".join(sorted(reg.name for reg in plugins.registrations("handler").values()))
     message = (
         f"cannot quantize module {name!r} of type {type(module).__module__}.{type(module).__qualname__}: "
-        "no layer handler for it (supported: Conv2d, ConvTranspose2d, MaskedConv2d, Linear, and "
-        "subclasses that keep their forward)"
+        f"no layer handler for it (supported: {supported}, and subclasses that keep their forward)"
     )
     if config.unsupported == "error":
         raise UnsupportedModuleError(
@@ -211,9 +174,10 @@ class DynaQuantState(nn.Module):
         self.layer_names = {side: list(plan.dynamic[side]) for side in (ENCODER, DECODER)}
         self.selectors = nn.ModuleDict()
         if config.dynamic:
+            selector = plugins.lookup("selector", config.selector)
             for side, names in self.layer_names.items():
                 if names:
-                    self.selectors[side] = BitSelector(
+                    self.selectors[side] = selector(
                         tap_channels[side],
                         len(names),
                         config.candidate_bits,
@@ -340,7 +304,7 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
     for name in plan.fixed + plan.dynamic[ENCODER] + plan.dynamic[DECODER]:
         float_module = modules[name]
         bits = config.fixed_bits if name in plan.fixed else top
-        swapped[name] = _handler_for(float_module).from_float(float_module, bits, **options)
+        swapped[name] = plugins.handler_for(float_module).from_float(float_module, bits, **options)
         _replace_module(model, name, swapped[name])
     state = DynaQuantState(config, plan, tap_channels)
     model.dynaquant = state
