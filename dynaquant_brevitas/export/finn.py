@@ -6,8 +6,8 @@ dependencies are needed. Each stage is a function from ``ModelWrapper`` to ``Mod
 
 Example (see ``tests/test_finn.py`` for a whole encoder)::
 
-    model = to_hw(streamline(to_finn(ModelWrapper("g_a.onnx"))))
-    model, partition = dataflow_partition(model)
+    model = to_hw(streamline(to_finn(prepare_qonnx(ModelWrapper("g_a.onnx")))))
+    _, partition = dataflow_partition(model)
     partition = fold(specialize(partition), target_cycles=100_000)
     report = estimates(partition, clock_ns=5.0)
 """
@@ -43,14 +43,17 @@ __all__ = [
 DEFAULT_FPGA_PART = "xczu7ev-ffvc1156-2-e"
 
 
-def _ensure_build_dir() -> None:
+def _build_dir() -> str:
+    """FINN's scratch directory, ``$FINN_BUILD_DIR`` (a new temporary one when unset)."""
     if not os.environ.get("FINN_BUILD_DIR"):
         os.environ["FINN_BUILD_DIR"] = tempfile.mkdtemp(prefix="finn_build_")
+    os.makedirs(os.environ["FINN_BUILD_DIR"], exist_ok=True)
+    return os.environ["FINN_BUILD_DIR"]
 
 
 def to_finn(model, max_threshold_bits: int = 10):
     """QONNX to FINN-ONNX: activation ``Quant`` to ``MultiThreshold``, weights to integers."""
-    _ensure_build_dir()
+    _build_dir()
     from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
     from finn.transformation.qonnx.quant_act_to_multithreshold import default_filter_function_generator
     from qonnx.transformation.fold_constants import FoldConstants
@@ -93,7 +96,8 @@ def streamline(model):
     model = model.transform(LowerConvsToMatMul())
     nhwc = (absorb.AbsorbTransposeIntoMultiThreshold(), absorb.AbsorbConsecutiveTransposes(),
             MoveTransposePastEltwise(), absorb.AbsorbConsecutiveTransposes())
-    for t in (InferShapes(), InferDataTypes()) + nhwc + nhwc + (Streamline(), InferDataLayouts(), RemoveUnusedTensors()):
+    tail = (Streamline(), InferDataLayouts(), RemoveUnusedTensors())
+    for t in (InferShapes(), InferDataTypes()) + nhwc + nhwc + tail:
         model = model.transform(t)
     return model
 
@@ -154,7 +158,8 @@ def dataflow_partition(model):
     if result[0] is False:
         names = [n.name for n in model.graph.node if not n.domain.startswith("finn.custom_op.fpgadataflow")]
         raise RuntimeError(f"layers FINN could not map sit between hardware layers: {names}")
-    parent = model.transform(CreateDataflowPartition(partition_model_dir=tempfile.mkdtemp(prefix="finn_sdp_")))
+    partition_dir = tempfile.mkdtemp(prefix="sdp_", dir=_build_dir())
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=partition_dir))
     sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
     if len(sdp) != 1:
         raise RuntimeError(f"expected one dataflow partition, found {len(sdp)}")
@@ -287,13 +292,14 @@ def build_finn(
 
     integer = prepare_qonnx(model, extra_weight_bits)
     hw = to_hw(streamline(to_finn(integer)))
-    worst, approx_max, approx_sum, count = 0.0, 0.0, 0.0, 0
+    worst, approx_max, approx_means = 0.0, 0.0, []
     for x in samples:
         expected = run_qonnx(integer, x).astype(np.float64)
         worst = max(worst, float(np.abs(run_finn(hw, x) - expected).max()) / step)
         if reference is not None:
             deviation = np.abs(expected - reference(x)) / step
-            approx_max, approx_sum, count = max(approx_max, float(deviation.max())), approx_sum + float(deviation.mean()), count + 1
+            approx_max = max(approx_max, float(deviation.max()))
+            approx_means.append(float(deviation.mean()))
     if worst > tolerance_steps:
         raise VerificationError(
             f"FINN graph differs from the QONNX graph it was built from by {worst:.3g} output steps "
@@ -311,7 +317,7 @@ def build_finn(
     partition = fold(partition, target_cycles, mvau_wwidth_max)
     return FinnBuild(
         hw_model=hw, partition=partition, max_error_steps=worst, output_step=step,
-        approximation_max_steps=approx_max, approximation_mean_steps=approx_sum / max(count, 1),
+        approximation_max_steps=approx_max, approximation_mean_steps=float(np.mean(approx_means)) if approx_means else 0.0,
         layers=hardware_layers(partition), estimate=estimates(partition, clock_ns, fpga_part),
     )
 

@@ -233,9 +233,8 @@ def _run_single_node(layer: onnx.NodeProto, inputs: Dict[str, np.ndarray], model
     """Run ``layer`` alone (data and weight inputs only, no bias) with onnxruntime."""
     import onnxruntime as ort
 
-    node = helper.make_node(layer.op_type, list(inputs), ["y"], **{a.name: helper.get_attribute_value(a) for a in layer.attribute})
-    if node.op_type == "Gemm":
-        del node.input[2:]
+    attributes = {a.name: helper.get_attribute_value(a) for a in layer.attribute}
+    node = helper.make_node(layer.op_type, list(inputs), ["y"], **attributes)
     out_shape = model.get_tensor_shape(layer.output[0])
     graph = helper.make_graph(
         [node], "correction",
