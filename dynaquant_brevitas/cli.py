@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Sequence
 
 #: Subcommand modules under ``dynaquant_brevitas.commands``, in help order.
-COMMANDS: tuple[str, ...] = ("train", "eval", "encode", "decode", "plot", "export")
+COMMANDS: tuple[str, ...] = ("train", "eval", "encode", "decode", "plot", "export", "plugins")
 
 #: Exit status for errors in the user's input (bad file, bad config, refused container).
 EXIT_USER_ERROR = 2
