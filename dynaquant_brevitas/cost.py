@@ -4,8 +4,9 @@ Definitions used throughout the project:
 
 * *bit loss*: ``(1/L) sum_l sum_k p_lk b_k``, the expected average bit width of the L dynamic
   layers, averaged over the batch (the paper's ``L_bits``).
-* *average bits per parameter*: weights' bit widths averaged over all weights of the quantized
-  layers (float layers count as 32 bits).
+* *average bits per parameter*: weights' bit widths averaged over all weights of the codec's
+  convolution and linear layers (float ones count as 32 bits; the selectors are not codec layers
+  and appear in the size only).
 * *BitOPs*: ``MACs x weight bits x activation bits`` per layer; *average bits (BitOPs)* is the
   bit width ``b`` with ``b^2 x total MACs = total BitOPs``; the *BitOPs ratio* divides by
   ``32 x 32 x total MACs``.
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import DynaQuantLayer
+from .quant.calibration import quantization_disabled
 
 __all__ = [
     "BitReport",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 _COMPUTE_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+_SELECTORS = "dynaquant"  # where dynaquantize attaches its selectors
 
 
 def bit_loss(output: Mapping[str, object]) -> Tensor:
@@ -88,7 +91,7 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 256, 256)) 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quantization_disabled(model):  # MACs do not depend on calibration
             first = next(model.parameters())
             x = torch.rand(*input_shape, generator=torch.Generator().manual_seed(0))
             model(x.to(first.device, first.dtype))
@@ -104,6 +107,8 @@ def layer_bits(model: nn.Module, profile: Optional[Mapping[str, float]] = None) 
     profile = dict(profile or {})
     bits = {}
     for name, module in model.named_modules():
+        if name == _SELECTORS or name.startswith(_SELECTORS + "."):
+            continue  # the selectors are counted in the size, not as codec layers
         if isinstance(module, DynaQuantLayer):
             bits[name] = float(profile.get(name, module.bit_width))
         elif isinstance(module, _COMPUTE_LAYERS):

@@ -13,14 +13,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .tensor_quant import ContentAwareIntQuant
 
-__all__ = ["activation_quantizers", "calibrate"]
+__all__ = ["activation_quantizers", "calibrate", "quantization_disabled"]
 
 
 def activation_quantizers(model: nn.Module) -> List[ContentAwareIntQuant]:
@@ -74,3 +75,25 @@ def calibrate(model: nn.Module, samples: Iterable[Any], max_batches: Optional[in
         model.train(was_training)
     if seen == 0:
         raise ValueError("calibrate() got no samples")
+
+
+@contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in float inside the block (Brevitas's ``disable_quant`` on every proxy).
+
+    Example:
+        >>> from brevitas.nn import QuantConv2d
+        >>> conv = QuantConv2d(3, 4, 1)
+        >>> with quantization_disabled(conv):
+        ...     conv.weight_quant.is_quant_enabled
+        False
+    """
+    proxies = [m for m in model.modules() if hasattr(m, "disable_quant") and hasattr(m, "tensor_quant")]
+    previous = [p.disable_quant for p in proxies]
+    for proxy in proxies:
+        proxy.disable_quant = True
+    try:
+        yield model
+    finally:
+        for proxy, state in zip(proxies, previous):
+            proxy.disable_quant = state

@@ -1,0 +1,60 @@
+"""Bit loss, MACs, BitOPs, packed size and bit reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from compressai.models import FactorizedPrior, ScaleHyperprior
+from torch import nn
+
+from dynaquant_brevitas import DynaQuantConfig, bit_loss, bit_report, calibrate, dynaquantize, layer_macs, model_size_bytes
+from dynaquant_brevitas.cost import average_bits
+
+
+def test_layer_macs_match_hand_counts():
+    model = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1))
+    macs = layer_macs(model, (1, 3, 32, 32))
+    assert macs["0"] == 16 * 16 * 8 * 3 * 25  # output pixels x out channels x in channels x kernel
+    assert macs["1"] == 16 * 16 * 8 * 4 * 16  # input pixels x in channels x out channels x kernel
+
+
+def test_bit_loss_is_the_expected_average_bit_width():
+    probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]], requires_grad=True)
+    loss = bit_loss({"bits": {"probs": probs, "candidates": (4, 6, 8)}})
+    assert loss.item() == pytest.approx((5.0 + 8.0) / 2)
+    loss.backward()
+    assert probs.grad is not None
+    assert bit_loss({"x_hat": torch.zeros(1)}).item() == 0.0
+
+
+def test_size_and_averages_follow_the_bit_widths():
+    float_model = FactorizedPrior(8, 12)
+    float_bytes = 4 * sum(p.numel() for p in float_model.parameters())
+    model = dynaquantize(FactorizedPrior(8, 12), DynaQuantConfig(candidate_bits=(4,), fixed_bits=4))
+    macs = layer_macs(model, (1, 3, 64, 64))
+    averages = average_bits(model, macs)
+    assert averages["bits_per_param"] == pytest.approx(4.0)
+    assert averages["bits_bitops"] == pytest.approx(4.0)
+    assert averages["bitops_ratio"] == pytest.approx(16 / 1024)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    others = sum(p.numel() for p in model.parameters()) - weights
+    assert model_size_bytes(model) == math.ceil(weights * 4 / 8) + 4 * others
+    assert model_size_bytes(model) < float_bytes
+
+
+def test_bit_report_counts_choices_per_layer():
+    torch.manual_seed(0)
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(4, 8)))
+    images = [torch.rand(3, 64, 64) for _ in range(3)]
+    calibrate(model, [torch.stack(images)])
+    report = bit_report(model, images)
+    assert report.layers == ["g_a.2", "g_a.4", "g_a.6", "g_s.2", "g_s.4", "g_s.6"]
+    assert len(report.per_image) == 3 and all(len(row) == 6 for row in report.per_image)
+    for name in report.layers:
+        assert sum(report.histograms[name].values()) == 3
+        assert set(report.histograms[name]) <= {4, 8}
+        assert 4 <= report.mean_bits[name] <= 8
+    assert 4 <= report.bits_per_param <= 8 and report.size_bytes > 0
+    assert report.to_dict()["layers"] == report.layers
