@@ -32,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--finn", action="store_true", help="also run FINN's front end and write its estimates")
     p.add_argument("--clock-ns", type=float, default=5.0, help="clock period for the FPS estimate (default 5)")
     p.add_argument("--target-fps", type=float, help="SetFolding target (default: fully serial layers)")
+    p.add_argument("--mvau-wwidth-max", type=int, default=36,
+                   help="SetFolding's cap on SIMD x weight bits (FINN's default: 36)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
     return p
 
@@ -123,7 +125,7 @@ def _finn(module: Any, path: Path, shape: Tuple[int, ...], verify_shape: Tuple[i
 
     target = int(1e9 / args.clock_ns / args.target_fps) if args.target_fps else None
     build = export_finn(module, str(path), shape, verify_shape=verify_shape, step=_step(part), snap=args.snap,
-                        target_cycles=target, clock_ns=args.clock_ns)
+                        target_cycles=target, clock_ns=args.clock_ns, mvau_wwidth_max=args.mvau_wwidth_max)
     estimate = build.estimate
     print(f"{part}: {len(build.layers)} FINN hardware layers, {estimate['fps']:.2f} fps at "
           f"{1e3 / args.clock_ns:.0f} MHz; FINN vs QONNX {build.max_error_steps:.2g} steps, integer "
