@@ -79,6 +79,9 @@ def plot_bit_heatmap(result: Mapping[str, Any], output: str | os.PathLike, model
     bits, images, layers = bit_matrix(result, model_index)
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(layers), 1.2 + 0.25 * len(images)))
     im = ax.imshow(bits, aspect="auto", cmap="viridis", interpolation="nearest")
+    if bits.size <= 40 * 40:  # small enough to print every value
+        for (i, j), value in np.ndenumerate(bits):
+            ax.text(j, i, f"{value:g}", ha="center", va="center", fontsize=6, color="w" if value < bits.max() else "k")
     ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(images)), images, fontsize=7)
     ax.set_xlabel("layer")

@@ -165,7 +165,9 @@ class TrainConfig:
             (0 <= t.lr_drop_at <= 1, "train.lr_drop_at is a fraction of steps in [0, 1]"),
             (t.metric in ("mse", "ms-ssim"), f"train.metric must be 'mse' or 'ms-ssim', not {t.metric!r}"),
             (t.checkpoint_every > 0, "train.checkpoint_every must be positive"),
-            (d.batch_size > 0 and d.patch_size >= 64, "data.batch_size > 0 and data.patch_size >= 64"),
+            (d.batch_size > 0, "data.batch_size must be positive"),
+            (d.patch_size >= 64 and d.patch_size % 64 == 0, "data.patch_size must be a multiple of 64 (6 stride-2 stages)"),
+            (t.metric != "ms-ssim" or d.patch_size > 160, "MS-SSIM needs data.patch_size > 160 (5 scales, 11-px window)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -204,6 +206,8 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
     if kind is None or value is None or isinstance(value, bool):
         return value
     try:
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # e.g. steps: 4.0e4
         return kind(value) if kind is float or isinstance(value, str) else value
     except ValueError:
         raise ConfigError(f"{key} must be a number, got {value!r}") from None
@@ -266,9 +270,13 @@ class GammaController:
         self.gamma = gamma0
 
     def update(self, bits: float) -> float:
+        """Feed the latest batch's average chosen bits; returns the new ``gamma``."""
         self.avg_bits = bits if self.avg_bits is None else self.ema * self.avg_bits + (1 - self.ema) * bits
         error = self.avg_bits - self.target
-        self.integral += error
+        integral = self.integral + error
+        # Anti-windup: stop integrating downwards while gamma is pinned at 0.
+        if self.gamma0 + self.kp * error + self.ki * integral >= 0 or error > 0:
+            self.integral = integral
         self.gamma = max(0.0, self.gamma0 + self.kp * error + self.ki * self.integral)
         return self.gamma
 

@@ -89,3 +89,16 @@ def test_missing_inputs_are_clear_errors(float_run: Path, eval_images: Path, tmp
     assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(tmp_path),
                  "-o", str(tmp_path / "x.json")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_bit_heat_map_from_per_image_eval(quant_run: Path, eval_images: Path, tmp_path: Path) -> None:
+    from dynaquant_brevitas.plot import bit_matrix
+
+    ev = tmp_path / "q.json"
+    assert main(["eval", "--checkpoint", str(quant_run / "final.pt"), "--images", str(eval_images),
+                 "-o", str(ev), "--per-image"]) == 0
+    bits, images, layers = bit_matrix(json.loads(ev.read_text()))
+    assert bits.shape == (len(EVAL_SIZES), 6) and images == ["img0.png", "img1.png"] and len(layers) == 6
+    assert main(["plot", str(ev), "--bits", "-o", str(tmp_path / "fig")]) == 0
+    for name in ("fig-rd.png", "fig-rd.pdf", "fig-bits.png", "fig-bits.pdf"):
+        assert (tmp_path / name).stat().st_size > 1000

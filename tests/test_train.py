@@ -162,3 +162,21 @@ def test_resume_from_an_explicit_checkpoint_into_a_new_directory(tmp_path: Path)
     assert summary["step"] == 4 and (tmp_path / "b" / "final.pt").exists()
     with pytest.raises(ConfigError, match="weights only"):
         train(tiny_config(tmp_path / "c", steps=8), resume=tmp_path / "b" / "final.pt")
+
+
+def test_gamma_controller_does_not_wind_up_below_zero() -> None:
+    controller = GammaController(target=7.0, gamma0=0.0, kp=0.05, ki=0.002)
+    for _ in range(2000):  # far below target for a long time: gamma stays 0 without debt
+        assert controller.update(5.0) == 0.0
+    steps = 0
+    while controller.update(8.0) == 0.0:  # then above target: gamma reacts within the EMA's lag
+        steps += 1
+    assert steps < 20
+
+
+def test_ms_ssim_training_runs(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, steps=1, train={"metric": "ms-ssim", "lmbda": 10.0}, data={"patch_size": 192})
+    summary = train(cfg)
+    assert 0 < summary["logs"]["ms_ssim"] <= 1
+    with pytest.raises(ConfigError, match="MS-SSIM"):
+        tiny_config(tmp_path, train={"metric": "ms-ssim"})
