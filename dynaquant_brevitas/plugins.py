@@ -253,6 +253,7 @@ def plugin_manager() -> pluggy.PluginManager:
         pm.register(builtin_plugins, name=BUILTIN)
         if not os.environ.get(DISABLE_AUTOLOAD):
             _load_entry_points(pm)
+        _check_hook_names(pm)
         _build(pm)  # raises on a clash or a bad value, before anyone uses the registries
         _manager = pm
     return _manager
@@ -339,11 +340,20 @@ def register(plugin: object, name: Optional[str] = None) -> object:
         return plugin
     pm.register(plugin, name=name)
     try:
+        _check_hook_names(pm)
         _build(pm)
     except PluginError:
         pm.unregister(plugin)
         raise
     return plugin
+
+
+def _check_hook_names(pm: pluggy.PluginManager) -> None:
+    """Refuse ``dynaquant_*`` functions that match no hook (a typo would otherwise go unnoticed)."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise PluginError(f"plugin {_source(pm, error.plugin)}: {error}; hooks: {', '.join(k.hook for k in KINDS.values())}") from None
 
 
 def unregister(plugin: object) -> None:
