@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -127,12 +128,20 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic`; raises :class:`CheckpointError` if unusable."""
+    """Load a checkpoint written by :func:`save_atomic`; raises :class:`CheckpointError` if unusable.
+
+    Loads with ``weights_only=True``: tensors and plain data only, never arbitrary pickled code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and plain data; not unpickling it "
+            f"(torch.load weights_only): {str(err).splitlines()[0]}"
+        ) from err
     except Exception as err:  # torch raises several types for truncated/corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

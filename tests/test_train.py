@@ -180,3 +180,13 @@ def test_ms_ssim_training_runs(tmp_path: Path) -> None:
     assert 0 < summary["logs"]["ms_ssim"] <= 1
     with pytest.raises(ConfigError, match="MS-SSIM"):
         tiny_config(tmp_path, train={"metric": "ms-ssim"})
+
+
+def test_checkpoints_hold_only_tensors_and_plain_data(float_run: Path, tmp_path: Path) -> None:
+    from dynaquant_brevitas.checkpoint import CheckpointError, save_atomic
+
+    ckpt = torch.load(float_run / "last.pt", weights_only=True)  # the full resume checkpoint
+    assert {"optimizers", "scheduler", "rng", "state_dict", "arch", "model_kwargs"} <= set(ckpt)
+    save_atomic({"format": "dynaquant-checkpoint", "evil": GammaController(6, 0, 0, 0)}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not unpickling"):
+        load_checkpoint(tmp_path / "x.pt")
