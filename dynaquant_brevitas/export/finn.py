@@ -127,9 +127,11 @@ def to_hw(model):
     from qonnx.transformation.infer_shapes import InferShapes
 
     steps = [
-        InferQuantizedMatrixVectorActivation(),
+        # standalone thresholds first (the builder's standalone_thresholds=True): the MVAUs then stay
+        # RTL, whose weight stream is not capped at an ap_int width as HLS MVAUs with thresholds are
         InferRequantLayer(bitwidth_threshold=9),
         InferThresholdingLayer(),
+        InferQuantizedMatrixVectorActivation(),
         InferFMPadding(),
         InferConvInpGen(),
         InferElementwiseBinaryOperation(InferElementwiseBinaryOperation.reject_output_dequant),
