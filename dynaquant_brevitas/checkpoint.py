@@ -23,8 +23,9 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,12 +50,18 @@ def architectures() -> dict[str, type[nn.Module]]:
     archs = dict(MODELS)
     archs.update(model_architectures)
     # The zoo spells this one with underscores; the registry with dashes.
-    archs["bmshj2018-factorized-relu"] = archs.get("bmshj2018-factorized-relu", archs.get("bmshj2018_factorized_relu"))
+    archs["bmshj2018-factorized-relu"] = archs.get(
+        "bmshj2018-factorized-relu", archs.get("bmshj2018_factorized_relu")
+    )
     return {name: cls for name, cls in archs.items() if cls is not None}
 
 
 def build_model(arch: str, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """Instantiate a CompressAI architecture by name, e.g. ``build_model("bmshj2018-hyperprior", {"N": 64, "M": 96})``."""
+    """Instantiate a CompressAI architecture by name and constructor arguments.
+
+    >>> type(build_model("bmshj2018-hyperprior", {"N": 64, "M": 96})).__name__
+    'ScaleHyperprior'
+    """
     archs = architectures()
     if arch not in archs:
         known = ", ".join(sorted(archs))
@@ -67,7 +74,11 @@ def build_model(arch: str, model_kwargs: Mapping[str, Any] | None = None) -> nn.
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module
+        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel)
+        else model
+    )
 
 
 def make_checkpoint(

@@ -4,7 +4,9 @@ To add a subcommand, write ``commands/NAME.py`` with ``add_parser(subparsers)`` 
 ``run(args) -> int`` and append ``"NAME"`` to :data:`COMMANDS`.
 
 Example:
-    >>> main(["--version"])  # doctest: +SKIP
+    >>> args = build_parser().parse_args(["eval", "--checkpoint", "m.pt", "--images", "kodak", "-o", "r.json"])
+    >>> args.command, args.checkpoint
+    ('eval', ['m.pt'])
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 #: Subcommand modules under ``dynaquant_brevitas.commands``, in help order.
 COMMANDS: tuple[str, ...] = ("train", "eval", "encode", "decode", "plot", "export", "plugins")
@@ -46,7 +48,7 @@ def build_parser(commands: dict[str, ModuleType] | None = None) -> argparse.Argu
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in (commands or load_commands()).items():
+    for module in (commands or load_commands()).values():
         module.add_parser(sub).set_defaults(_run=module.run)
     return parser
 
@@ -69,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or os.environ.get("DYNAQUANT_DEBUG"):
             traceback.print_exc()
         print(
-            f"dynaquant {args.command}: internal error: {type(err).__name__}: {err} (rerun with --debug for details)",
+            f"dynaquant {args.command}: internal error: {type(err).__name__}: {err} "
+            "(rerun with --debug for details)",
             file=sys.stderr,
         )
         return 1

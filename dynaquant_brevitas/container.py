@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 MAGIC = b"DQIC"
 FORMAT_VERSION = 1
@@ -50,7 +50,9 @@ class Container:
     version: int = FORMAT_VERSION
 
 
-def pack(model_id: bytes, size: tuple[int, int], shape: Sequence[int], strings: Sequence[Sequence[bytes]]) -> bytes:
+def pack(
+    model_id: bytes, size: tuple[int, int], shape: Sequence[int], strings: Sequence[Sequence[bytes]]
+) -> bytes:
     """Serialise bitstreams with their model id, image size and latent shape (adds a CRC32)."""
     if len(model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes, got {len(model_id)}")
@@ -88,11 +90,15 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
         raise ContainerError("damaged file: truncated")
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
-        raise ContainerError(f"unsupported format version {version} (this build reads version {FORMAT_VERSION})")
+        raise ContainerError(
+            f"unsupported format version {version} (this build reads version {FORMAT_VERSION})"
+        )
     body, (stored,) = data[:-4], _U32.unpack(data[-4:])
     computed = zlib.crc32(body)
     if stored != computed:
-        raise ContainerError(f"damaged file: CRC32 mismatch (stored 0x{stored:08x}, computed 0x{computed:08x})")
+        raise ContainerError(
+            f"damaged file: CRC32 mismatch (stored 0x{stored:08x}, computed 0x{computed:08x})"
+        )
     reader = _Reader(body)
     _, _, model_id, height, width, ndim = _HEAD.unpack(reader.take(_HEAD.size))
     if expected_model_id is not None and model_id != expected_model_id:

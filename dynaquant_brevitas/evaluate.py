@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ def parse_zoo_spec(spec: str) -> tuple[str, int, str]:
     >>> parse_zoo_spec("zoo:bmshj2018-hyperprior:3")
     ('bmshj2018-hyperprior', 3, 'mse')
     """
-    parts = spec[len(ZOO_PREFIX):].split(":")
+    parts = spec[len(ZOO_PREFIX) :].split(":")
     if len(parts) not in (2, 3) or not parts[1].isdigit():
         raise EvalError(f"zoo model must be zoo:NAME:QUALITY[:METRIC], got {spec!r}")
     return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "mse"
@@ -83,7 +84,9 @@ def load_zoo(spec: str) -> LoadedModel:
             f"({type(err).__name__}: {err}); this needs internet access, or put the file in "
             f"torch's hub cache ({torch.hub.get_dir()}/checkpoints)"
         ) from err
-    return LoadedModel(model, f"{name}-{metric}-q{quality}", spec, {"zoo": name, "quality": quality, "metric": metric})
+    return LoadedModel(
+        model, f"{name}-{metric}-q{quality}", spec, {"zoo": name, "quality": quality, "metric": metric}
+    )
 
 
 def load_for_eval(spec: str | os.PathLike) -> LoadedModel:
@@ -93,8 +96,12 @@ def load_for_eval(spec: str | os.PathLike) -> LoadedModel:
         loaded = load_zoo(spec)
     else:
         ckpt = load_checkpoint(spec)
-        info = {"arch": ckpt["arch"], "model_kwargs": ckpt["model_kwargs"], "step": ckpt.get("step"),
-                "dynaquant": ckpt.get("dynaquant")}
+        info = {
+            "arch": ckpt["arch"],
+            "model_kwargs": ckpt["model_kwargs"],
+            "step": ckpt.get("step"),
+            "dynaquant": ckpt.get("dynaquant"),
+        }
         loaded = LoadedModel(model_from_checkpoint(ckpt), Path(spec).stem, spec, info)
     prepare_for_coding(loaded.model)
     return loaded
@@ -142,7 +149,9 @@ def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
 
 
 @torch.no_grad()
-def decode_image(model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+def decode_image(
+    model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]
+) -> torch.Tensor:
     """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1]."""
     _, unpad = compute_padding(size[0], size[1], min_div=PAD_MULTIPLE)
     out = model.decompress([list(g) for g in strings], torch.Size(shape))
@@ -161,7 +170,9 @@ def chosen_bits(model: nn.Module) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_image(model: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate_image(
+    model: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     """Code one image for real and measure it; quality is computed on the 8-bit decoded image."""
     x = read_image(path).to(device)
     start = time.perf_counter()
@@ -198,7 +209,9 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def evaluate_model(loaded: LoadedModel, images: Sequence[Path], device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    loaded: LoadedModel, images: Sequence[Path], device: str = "cpu", progress: bool = False
+) -> dict[str, Any]:
     """Evaluate one model on every image; returns means and per-image records."""
     from tqdm import tqdm
 
@@ -253,4 +266,3 @@ def evaluate(
         "num_images": len(images),
         "models": models,
     }
-

@@ -16,7 +16,8 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,9 @@ def ms_ssim_db(value: float) -> float:
 def _sorted_curve(rate: Sequence[float], dist: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     rate, dist = np.asarray(rate, float), np.asarray(dist, float)
     if rate.shape != dist.shape or rate.ndim != 1:
-        raise MetricError(f"rate and distortion must be 1-D of equal length, got {rate.shape} and {dist.shape}")
+        raise MetricError(
+            f"rate and distortion must be 1-D of equal length, got {rate.shape} and {dist.shape}"
+        )
     if len(rate) < 4:
         raise MetricError(f"BD-rate needs at least 4 rate-distortion points per curve, got {len(rate)}")
     order = np.argsort(rate)

@@ -11,8 +11,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -52,8 +53,14 @@ def plot_rd(
         for res in group:
             rate, dist = curve(res, metric)
             order = np.argsort(rate)
-            ax.plot(np.asarray(rate)[order], np.asarray(dist)[order], style, label=res.get("name", "?"),
-                    markersize=4, linewidth=1.2 if style == "--" else 1.8)
+            ax.plot(
+                np.asarray(rate)[order],
+                np.asarray(dist)[order],
+                style,
+                label=res.get("name", "?"),
+                markersize=4,
+                linewidth=1.2 if style == "--" else 1.8,
+            )
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel(AXIS_LABELS[metric])
     ax.set_title(title or f"Rate-distortion ({metric})")
@@ -71,17 +78,31 @@ def bit_matrix(result: Mapping[str, Any], model_index: int = 0) -> tuple[np.ndar
     rows = [r for r in entry.get("per_image", []) if "layer_bits" in r]
     if not rows or "layers" not in entry:
         raise MetricError("no per-layer bits: evaluate a dynaquantized model with --per-image")
-    return np.array([r["layer_bits"] for r in rows], dtype=float), [r["image"] for r in rows], list(entry["layers"])
+    return (
+        np.array([r["layer_bits"] for r in rows], dtype=float),
+        [r["image"] for r in rows],
+        list(entry["layers"]),
+    )
 
 
-def plot_bit_heatmap(result: Mapping[str, Any], output: str | os.PathLike, model_index: int = 0) -> list[Path]:
+def plot_bit_heatmap(
+    result: Mapping[str, Any], output: str | os.PathLike, model_index: int = 0
+) -> list[Path]:
     """Heat map of the bit width chosen for every image (rows) and dynamic layer (columns)."""
     bits, images, layers = bit_matrix(result, model_index)
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(layers), 1.2 + 0.25 * len(images)))
     im = ax.imshow(bits, aspect="auto", cmap="viridis", interpolation="nearest")
     if bits.size <= 40 * 40:  # small enough to print every value
         for (i, j), value in np.ndenumerate(bits):
-            ax.text(j, i, f"{value:g}", ha="center", va="center", fontsize=6, color="w" if value < bits.max() else "k")
+            ax.text(
+                j,
+                i,
+                f"{value:g}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="w" if value < bits.max() else "k",
+            )
     ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(images)), images, fontsize=7)
     ax.set_xlabel("layer")

@@ -26,9 +26,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ class QuantSection:
 
 @dataclass
 class TrainConfig:
-    """The whole training configuration, as read from YAML (sections ``model``, ``data``, ``train``, ``quant``)."""
+    """The whole training configuration as read from YAML (``model``, ``data``, ``train``, ``quant``)."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -134,7 +135,7 @@ class TrainConfig:
     quant: QuantSection = field(default_factory=QuantSection)
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, raw: Mapping[str, Any]) -> TrainConfig:
         """Build from a nested dict; unknown sections or keys raise :class:`ConfigError`."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(raw) - set(sections)
@@ -157,7 +158,7 @@ class TrainConfig:
         out["model"] = {"arch": self.model.arch, **self.model.kwargs}
         return out
 
-    def validated(self) -> "TrainConfig":
+    def validated(self) -> TrainConfig:
         t, d = self.train, self.data
         checks = [
             (t.steps > 0, "train.steps must be positive"),
@@ -166,8 +167,14 @@ class TrainConfig:
             (t.metric in ("mse", "ms-ssim"), f"train.metric must be 'mse' or 'ms-ssim', not {t.metric!r}"),
             (t.checkpoint_every > 0, "train.checkpoint_every must be positive"),
             (d.batch_size > 0, "data.batch_size must be positive"),
-            (d.patch_size >= 64 and d.patch_size % 64 == 0, "data.patch_size must be a multiple of 64 (6 stride-2 stages)"),
-            (t.metric != "ms-ssim" or d.patch_size > 160, "MS-SSIM needs data.patch_size > 160 (5 scales, 11-px window)"),
+            (
+                d.patch_size >= 64 and d.patch_size % 64 == 0,
+                "data.patch_size must be a multiple of 64 (6 stride-2 stages)",
+            ),
+            (
+                t.metric != "ms-ssim" or d.patch_size > 160,
+                "MS-SSIM needs data.patch_size > 160 (5 scales, 11-px window)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -326,7 +333,7 @@ def _mean_across(values: dict[str, float], ctx: Dist) -> dict[str, float]:
         return values
     t = torch.tensor(list(values.values()), dtype=torch.float64)
     dist.all_reduce(t)
-    return dict(zip(values, (t / ctx.world).tolist()))
+    return dict(zip(values, (t / ctx.world).tolist(), strict=True))
 
 
 def resolve_device(name: str, ctx_local_rank: int = 0) -> torch.device:
@@ -350,8 +357,13 @@ def rng_state() -> dict[str, Any]:
     Only tensors and plain Python data, so checkpoints load with ``torch.load(weights_only=True)``.
     """
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    numpy_state = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(gauss),
+    }
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -361,7 +373,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -374,7 +388,7 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_batches(n_images: int, batch_size: int, epoch: int, seed: int, ctx: Dist) -> list[list[int]]:
-    """This rank's index batches for one epoch: a seeded permutation, sharded by rank, last partial batch dropped.
+    """This rank's index batches for one epoch: a seeded permutation, sharded by rank, no partial batch.
 
     >>> epoch_batches(10, 2, 0, 0, Dist()) == epoch_batches(10, 2, 0, 0, Dist())
     True
@@ -397,7 +411,9 @@ def batches_from(dataset: ImageFolderCrops, cfg: TrainConfig, step: int, ctx: Di
         # Workers' seeds come from this generator, not the global one, so that starting a loader
         # mid-epoch (on resume) does not shift the crop randomness.
         loader_rng = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch * 31 + ctx.rank)
-        yield from DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.workers, generator=loader_rng)
+        yield from DataLoader(
+            dataset, batch_sampler=batches, num_workers=cfg.data.workers, generator=loader_rng
+        )
         epoch, skip = epoch + 1, 0
 
 
@@ -419,7 +435,9 @@ def build_float_model(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]
         return build_model(cfg.model.arch, cfg.model.kwargs), cfg.model.arch, dict(cfg.model.kwargs)
     ckpt = load_checkpoint(cfg.train.init_from)
     if ckpt.get("dynaquant") is not None:
-        raise ConfigError(f"train.init_from {cfg.train.init_from} is already quantized; give a float checkpoint")
+        raise ConfigError(
+            f"train.init_from {cfg.train.init_from} is already quantized; give a float checkpoint"
+        )
     if cfg.train.init_partial:
         model = build_model(cfg.model.arch, cfg.model.kwargs)
         load_matching(model, ckpt["state_dict"])
@@ -444,7 +462,9 @@ def load_matching(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> l
     return skipped
 
 
-def quantize_for_training(model: nn.Module, cfg: TrainConfig, batches: Iterator[torch.Tensor], calibrate_: bool) -> nn.Module:
+def quantize_for_training(
+    model: nn.Module, cfg: TrainConfig, batches: Iterator[torch.Tensor], calibrate_: bool
+) -> nn.Module:
     """Apply ``dynaquantize`` and (on a fresh start) calibrate on a few training batches."""
     from .quant.calibration import calibrate
     from .transform import dynaquantize
@@ -510,8 +530,13 @@ def save_state(state: TrainState, cfg: TrainConfig, ctx: Dist, path: Path) -> No
         "world_size": ctx.world,
     }
     ckpt = make_checkpoint(
-        state.model, state.arch, state.model_kwargs, dynaquant=cfg.quant.config,
-        train_config=cfg.to_dict(), step=state.step, **extra,
+        state.model,
+        state.arch,
+        state.model_kwargs,
+        dynaquant=cfg.quant.config,
+        train_config=cfg.to_dict(),
+        step=state.step,
+        **extra,
     )
     save_atomic(ckpt, path)
 
@@ -519,7 +544,9 @@ def save_state(state: TrainState, cfg: TrainConfig, ctx: Dist, path: Path) -> No
 def restore_state(state: TrainState, ckpt: Mapping[str, Any], ctx: Dist) -> None:
     """Load model, optimisers, scheduler, controller, step and this rank's RNG state."""
     if ckpt.get("world_size", 1) != ctx.world:
-        raise CheckpointError(f"checkpoint was written by {ckpt.get('world_size')} process(es), this run has {ctx.world}")
+        raise CheckpointError(
+            f"checkpoint was written by {ckpt.get('world_size')} process(es), this run has {ctx.world}"
+        )
     unwrap(state.model).load_state_dict(ckpt["state_dict"])
     state.optimizer.load_state_dict(ckpt["optimizers"]["main"])
     state.aux_optimizer.load_state_dict(ckpt["optimizers"]["aux"])
@@ -558,7 +585,9 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     return logs
 
 
-def train(cfg: TrainConfig, resume: bool | str | os.PathLike = False, stop_at: int | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool | str | os.PathLike = False, stop_at: int | None = None
+) -> dict[str, Any]:
     """Run (or with ``resume``, continue) training; returns the last logged metrics and paths.
 
     ``resume=True`` continues from ``<train.output>/last.pt``; a path continues from that
@@ -581,7 +610,9 @@ def train(cfg: TrainConfig, resume: bool | str | os.PathLike = False, stop_at: i
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device: torch.device, stop_at: int | None) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device: torch.device, stop_at: int | None
+) -> dict[str, Any]:
     out_dir = Path(cfg.train.output)
     ckpt = None
     if resume:
@@ -592,7 +623,11 @@ def _train(cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device
     if ckpt is None:
         model, arch, kwargs = build_float_model(cfg)
     else:  # weights come from the checkpoint; no need for train.init_from any more
-        model, arch, kwargs = build_model(ckpt["arch"], ckpt["model_kwargs"]), ckpt["arch"], dict(ckpt["model_kwargs"])
+        model, arch, kwargs = (
+            build_model(ckpt["arch"], ckpt["model_kwargs"]),
+            ckpt["arch"],
+            dict(ckpt["model_kwargs"]),
+        )
     model.to(device)
     seed_everything(cfg.train.seed + 1000 * ctx.rank)
     dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
@@ -614,12 +649,18 @@ def _train(cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device
 
 def _check_resumable(ckpt: Mapping[str, Any], cfg: TrainConfig) -> None:
     if "optimizers" not in ckpt:
-        raise ConfigError("checkpoint holds weights only (no optimizer state); use train.init_from to start from it")
+        raise ConfigError(
+            "checkpoint holds weights only (no optimizer state); use train.init_from to start from it"
+        )
     if ckpt.get("step", 0) >= cfg.train.steps:
-        raise ConfigError(f"checkpoint is at step {ckpt['step']}, train.steps is {cfg.train.steps}: nothing to do")
+        raise ConfigError(
+            f"checkpoint is at step {ckpt['step']}, train.steps is {cfg.train.steps}: nothing to do"
+        )
     if (ckpt.get("dynaquant") is not None) != cfg.quantized:
         kind = "quantized" if ckpt.get("dynaquant") is not None else "float"
-        raise ConfigError(f"checkpoint is {kind} but the config {'has' if cfg.quantized else 'has no'} quant.config")
+        raise ConfigError(
+            f"checkpoint is {kind} but the config {'has' if cfg.quantized else 'has no'} quant.config"
+        )
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -639,14 +680,23 @@ def _write_run_files(out_dir: Path, cfg: TrainConfig) -> None:
 
 
 def _loop(
-    state: TrainState, cfg: TrainConfig, ctx: Dist, batches: Iterator[torch.Tensor], device: torch.device, stop_at: int
+    state: TrainState,
+    cfg: TrainConfig,
+    ctx: Dist,
+    batches: Iterator[torch.Tensor],
+    device: torch.device,
+    stop_at: int,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     out_dir = Path(cfg.train.output)
     bar = tqdm(
-        total=cfg.train.steps, initial=state.step, disable=not (ctx.main and cfg.train.progress),
-        dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0, desc="train",
+        total=cfg.train.steps,
+        initial=state.step,
+        disable=not (ctx.main and cfg.train.progress),
+        dynamic_ncols=True,
+        mininterval=1.0 if os.isatty(2) else 30.0,
+        desc="train",
     )
     logs: dict[str, float] = {}
     start = time.time()
@@ -705,7 +755,12 @@ def _postfix(logs: Mapping[str, float], state: TrainState) -> dict[str, str]:
 
 
 def _append_log(out_dir: Path, state: TrainState, logs: Mapping[str, float], elapsed: float) -> None:
-    record = {"step": state.step, "lr": state.optimizer.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), **logs}
+    record = {
+        "step": state.step,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "elapsed_s": round(elapsed, 1),
+        **logs,
+    }
     if state.controller:
         record["gamma"] = state.controller.gamma
     with open(out_dir / "log.jsonl", "a") as f:

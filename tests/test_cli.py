@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_helpers import TINY_ARCH, TRAIN_DIR
 
 from dynaquant_brevitas.cli import COMMANDS, build_parser, load_commands, main
 from dynaquant_brevitas.commands._common import UsageError, apply_overrides
-from workflow_helpers import TRAIN_DIR, TINY_ARCH
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / ".." / "shared" / "data" / "reference" / "compressai_kodak"
@@ -34,8 +33,13 @@ def test_help_of_every_subcommand(command: str, capsys) -> None:
 
 
 def test_top_level_help_lists_commands_via_python_m() -> None:
-    proc = subprocess.run([sys.executable, "-m", "dynaquant_brevitas", "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dynaquant_brevitas", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     assert all(name in proc.stdout for name in COMMANDS)
 
@@ -52,10 +56,20 @@ def test_a_new_command_needs_one_module(capsys) -> None:
 
 
 def test_overrides_are_typed_and_nested() -> None:
-    cfg = apply_overrides({"train": {"lr": 1e-3}}, ["train.lr=3e-4", "quant.config.candidate_bits=[4, 6, 8]",
-                                                    "train.progress=false", "model.arch=mbt2018"])
-    assert cfg == {"train": {"lr": 3e-4, "progress": False}, "model": {"arch": "mbt2018"},
-                   "quant": {"config": {"candidate_bits": [4, 6, 8]}}}
+    cfg = apply_overrides(
+        {"train": {"lr": 1e-3}},
+        [
+            "train.lr=3e-4",
+            "quant.config.candidate_bits=[4, 6, 8]",
+            "train.progress=false",
+            "model.arch=mbt2018",
+        ],
+    )
+    assert cfg == {
+        "train": {"lr": 3e-4, "progress": False},
+        "model": {"arch": "mbt2018"},
+        "quant": {"config": {"candidate_bits": [4, 6, 8]}},
+    }
     with pytest.raises(UsageError, match="KEY=VALUE"):
         apply_overrides({}, ["train.lr"])
     with pytest.raises(UsageError, match="not a section"):
@@ -64,13 +78,20 @@ def test_overrides_are_typed_and_nested() -> None:
 
 def test_yaml_config_with_flags_and_set(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": dict(TINY_ARCH),
-        "data": {"root": str(TRAIN_DIR), "patch_size": 64, "batch_size": 2},
-        "train": {"steps": 100, "output": str(tmp_path / "ignored"), "progress": False},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": dict(TINY_ARCH),
+                "data": {"root": str(TRAIN_DIR), "patch_size": 64, "batch_size": 2},
+                "train": {"steps": 100, "output": str(tmp_path / "ignored"), "progress": False},
+            }
+        )
+    )
     out = tmp_path / "run"
-    assert main(["train", "-c", str(config), "--steps", "2", "--output", str(out), "--set", "train.lr=5e-4"]) == 0
+    assert (
+        main(["train", "-c", str(config), "--steps", "2", "--output", str(out), "--set", "train.lr=5e-4"])
+        == 0
+    )
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["train"]["steps"] == 2 and written["train"]["lr"] == 5e-4 and written["model"]["N"] == 8
 
@@ -91,9 +112,20 @@ def test_bad_input_is_a_clear_error_without_traceback(argv: list[str], message: 
 
 
 def test_plot_writes_png_and_pdf_and_bd_rates(tmp_path: Path, capsys) -> None:
-    status = main(["plot", str(REFERENCE / "compressai-bmshj2018-hyperprior_mse_cpu.json"),
-                   "--reference", "jpeg", "--reference-dir", str(REFERENCE), "--anchor", "jpeg",
-                   "-o", str(tmp_path / "fig")])
+    status = main(
+        [
+            "plot",
+            str(REFERENCE / "compressai-bmshj2018-hyperprior_mse_cpu.json"),
+            "--reference",
+            "jpeg",
+            "--reference-dir",
+            str(REFERENCE),
+            "--anchor",
+            "jpeg",
+            "-o",
+            str(tmp_path / "fig"),
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0 and "BD-rate -" in out
     for suffix in ("png", "pdf"):

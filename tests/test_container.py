@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from workflow_helpers import eval_images, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
 from dynaquant_brevitas.container import ContainerError, pack, unpack
 from dynaquant_brevitas.data import read_image
 from dynaquant_brevitas.metrics import psnr
-from workflow_helpers import eval_images, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 MODEL_ID = bytes(range(16))
 STRINGS = [[b"\x00\x01\x02hello"], [b"z" * 300]]
@@ -20,7 +20,12 @@ STRINGS = [[b"\x00\x01\x02hello"], [b"z" * 300]]
 
 def test_round_trip() -> None:
     box = unpack(pack(MODEL_ID, (512, 768), [8, 12], STRINGS), expected_model_id=MODEL_ID)
-    assert box.strings == STRINGS and box.size == (512, 768) and box.shape == [8, 12] and box.model_id == MODEL_ID
+    assert (
+        box.strings == STRINGS
+        and box.size == (512, 768)
+        and box.shape == [8, 12]
+        and box.model_id == MODEL_ID
+    )
 
 
 @pytest.mark.parametrize("position", [5, 9, 25, 30, 40, 60, -5])
@@ -50,14 +55,40 @@ def test_wrong_model_is_refused() -> None:
 
 def test_encode_decode_reproduces_eval(float_run: Path, eval_images: Path, tmp_path: Path) -> None:
     ev = tmp_path / "ev.json"
-    assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(eval_images),
-                 "-o", str(ev), "--per-image"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(float_run / "final.pt"),
+                "--images",
+                str(eval_images),
+                "-o",
+                str(ev),
+                "--per-image",
+            ]
+        )
+        == 0
+    )
     records = json.loads(ev.read_text())["models"][0]["per_image"]
     for record in records:
         coded, decoded = tmp_path / f"{record['image']}.dqic", tmp_path / f"dec-{record['image']}"
-        assert main(["encode", "--checkpoint", str(float_run / "final.pt"), str(eval_images / record["image"]),
-                     "-o", str(coded)]) == 0
-        assert main(["decode", "--checkpoint", str(float_run / "final.pt"), str(coded), "-o", str(decoded)]) == 0
+        assert (
+            main(
+                [
+                    "encode",
+                    "--checkpoint",
+                    str(float_run / "final.pt"),
+                    str(eval_images / record["image"]),
+                    "-o",
+                    str(coded),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(["decode", "--checkpoint", str(float_run / "final.pt"), str(coded), "-o", str(decoded)]) == 0
+        )
         original, rec = read_image(eval_images / record["image"]), read_image(decoded)
         assert rec.shape == original.shape
         assert psnr(original, rec) == pytest.approx(record["psnr-rgb"], abs=1e-9)
@@ -69,22 +100,50 @@ def test_decode_with_another_model_or_damaged_file_fails_cleanly(
     float_run: Path, quant_run: Path, eval_images: Path, tmp_path: Path, capsys
 ) -> None:
     coded = tmp_path / "img0.dqic"
-    assert main(["encode", "--checkpoint", str(float_run / "final.pt"), str(eval_images / "img0.png"), "-o", str(coded)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                str(float_run / "final.pt"),
+                str(eval_images / "img0.png"),
+                "-o",
+                str(coded),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    status = main(["decode", "--checkpoint", str(quant_run / "final.pt"), str(coded), "-o", str(tmp_path / "x.png")])
+    status = main(
+        ["decode", "--checkpoint", str(quant_run / "final.pt"), str(coded), "-o", str(tmp_path / "x.png")]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "wrong model" in err and "Traceback" not in err
     damaged = bytearray(coded.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     coded.write_bytes(bytes(damaged))
-    status = main(["decode", "--checkpoint", str(float_run / "final.pt"), str(coded), "-o", str(tmp_path / "x.png")])
+    status = main(
+        ["decode", "--checkpoint", str(float_run / "final.pt"), str(coded), "-o", str(tmp_path / "x.png")]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "damaged" in err and not (tmp_path / "x.png").exists()
 
 
 def test_dynaquant_model_round_trip(quant_run: Path, eval_images: Path, tmp_path: Path) -> None:
     coded, decoded = tmp_path / "q.dqic", tmp_path / "q.png"
-    assert main(["encode", "--checkpoint", str(quant_run / "final.pt"), str(eval_images / "img1.png"), "-o", str(coded)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                str(quant_run / "final.pt"),
+                str(eval_images / "img1.png"),
+                "-o",
+                str(coded),
+            ]
+        )
+        == 0
+    )
     assert main(["decode", "--checkpoint", str(quant_run / "final.pt"), str(coded), "-o", str(decoded)]) == 0
     assert read_image(decoded).shape == read_image(eval_images / "img1.png").shape
     assert torch.isfinite(read_image(decoded)).all()

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from workflow_helpers import EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
 from dynaquant_brevitas.data import list_images, read_image
 from dynaquant_brevitas.evaluate import EvalError, encode_image, evaluate, load_for_eval, parse_zoo_spec
-from workflow_helpers import EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "reference" / "compressai_kodak"
 COMPRESSAI_KEYS = {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time"}
@@ -19,8 +19,21 @@ COMPRESSAI_KEYS = {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_
 @pytest.fixture(scope="module")
 def float_eval(float_run: Path, eval_images: Path, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval") / "float.json"
-    assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(eval_images),
-                 "-o", str(out), "--per-image"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(float_run / "final.pt"),
+                "--images",
+                str(eval_images),
+                "-o",
+                str(out),
+                "--per-image",
+            ]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 
@@ -38,7 +51,7 @@ def test_bpp_is_eight_times_bytes_over_pixels(float_eval: dict, float_run: Path,
     per_image = float_eval["models"][0]["per_image"]
     assert [r["image"] for r in per_image] == [p.name for p in list_images(eval_images)]
     model = load_for_eval(str(float_run / "final.pt")).model
-    for record, (h, w) in zip(per_image, EVAL_SIZES):
+    for record, (h, w) in zip(per_image, EVAL_SIZES, strict=True):
         coded = encode_image(model, read_image(eval_images / record["image"]))
         assert record["bytes"] == coded.num_bytes > 0
         assert record["bpp"] == pytest.approx(8 * coded.num_bytes / (h * w), rel=1e-12)
@@ -76,18 +89,51 @@ def test_zoo_spec_parsing_and_offline_error(eval_images: Path, tmp_path: Path, m
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    status = main(["eval", "--checkpoint", "zoo:bmshj2018-hyperprior:3", "--images", str(eval_images),
-                   "-o", str(tmp_path / "zoo.json")])
+    status = main(
+        [
+            "eval",
+            "--checkpoint",
+            "zoo:bmshj2018-hyperprior:3",
+            "--images",
+            str(eval_images),
+            "-o",
+            str(tmp_path / "zoo.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "could not download" in err and "Traceback" not in err
 
 
 def test_missing_inputs_are_clear_errors(float_run: Path, eval_images: Path, tmp_path: Path, capsys) -> None:
-    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--images", str(eval_images),
-                 "-o", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "none.pt"),
+                "--images",
+                str(eval_images),
+                "-o",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["eval", "--checkpoint", str(float_run / "final.pt"), "--images", str(tmp_path),
-                 "-o", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(float_run / "final.pt"),
+                "--images",
+                str(tmp_path),
+                "-o",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
     assert "no images" in capsys.readouterr().err
 
 
@@ -95,8 +141,21 @@ def test_bit_heat_map_from_per_image_eval(quant_run: Path, eval_images: Path, tm
     from dynaquant_brevitas.plot import bit_matrix
 
     ev = tmp_path / "q.json"
-    assert main(["eval", "--checkpoint", str(quant_run / "final.pt"), "--images", str(eval_images),
-                 "-o", str(ev), "--per-image"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(quant_run / "final.pt"),
+                "--images",
+                str(eval_images),
+                "-o",
+                str(ev),
+                "--per-image",
+            ]
+        )
+        == 0
+    )
     bits, images, layers = bit_matrix(json.loads(ev.read_text()))
     assert bits.shape == (len(EVAL_SIZES), 6) and images == ["img0.png", "img1.png"] and len(layers) == 6
     assert main(["plot", str(ev), "--bits", "-o", str(tmp_path / "fig")]) == 0
@@ -104,7 +163,9 @@ def test_bit_heat_map_from_per_image_eval(quant_run: Path, eval_images: Path, tm
         assert (tmp_path / name).stat().st_size > 1000
 
 
-def test_agrees_with_compressai_eval_model(float_run: Path, eval_images: Path, tmp_path: Path, capsys) -> None:
+def test_agrees_with_compressai_eval_model(
+    float_run: Path, eval_images: Path, tmp_path: Path, capsys
+) -> None:
     """CompressAI's own eval script on our checkpoint gives the same bytes and the same PSNR."""
     import shutil
 
@@ -115,7 +176,9 @@ def test_agrees_with_compressai_eval_model(float_run: Path, eval_images: Path, t
     shutil.copy(eval_images / "img0.png", folder)  # MS-SSIM in CompressAI's script needs > 160 px
     ours = evaluate([str(float_run / "final.pt")], folder)["results"]
     capsys.readouterr()
-    compressai_eval(["checkpoint", str(folder), "-a", "bmshj2018-hyperprior", "-p", str(float_run / "final.pt")])
+    compressai_eval(
+        ["checkpoint", str(folder), "-a", "bmshj2018-hyperprior", "-p", str(float_run / "final.pt")]
+    )
     theirs = json.loads(capsys.readouterr().out)["results"]
     assert ours["bpp"][0] == pytest.approx(theirs["bpp"][0], rel=1e-12)
     assert ours["psnr-rgb"][0] == pytest.approx(theirs["psnr-rgb"][0], abs=1e-3)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dynaquant_brevitas.metrics import (
-    MetricError, bd_rate, curve, load_results, ms_ssim, ms_ssim_db, psnr, rate_difference_at_quality,
+    MetricError,
+    bd_rate,
+    curve,
+    load_results,
+    ms_ssim,
+    ms_ssim_db,
+    psnr,
+    rate_difference_at_quality,
 )
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "reference" / "compressai_kodak"

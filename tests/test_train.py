@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from workflow_helpers import TRAIN_DIR, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.checkpoint import load_checkpoint, load_model, model_from_checkpoint
 from dynaquant_brevitas.data import ImageFolderCrops
 from dynaquant_brevitas.train import ConfigError, GammaController, TrainConfig, rd_loss, train
-from workflow_helpers import TRAIN_DIR, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,9 @@ def test_training_lowers_the_loss(float_run: Path) -> None:
     assert ckpt["step"] == 30
     trained = model_from_checkpoint(ckpt)
     torch.manual_seed(0)  # train() initialises the model from seed 0
-    untrained = model_from_checkpoint({**ckpt, "state_dict": type(trained)(**ckpt["model_kwargs"]).state_dict()})
+    untrained = model_from_checkpoint(
+        {**ckpt, "state_dict": type(trained)(**ckpt["model_kwargs"]).state_dict()}
+    )
     assert _fixed_batch_loss(trained) < 0.8 * _fixed_batch_loss(untrained)
 
 
@@ -49,7 +51,9 @@ def test_resume_continues_with_identical_state(tmp_path: Path) -> None:
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     for name in ("main", "aux"):
-        for sa, sb in zip(a["optimizers"][name]["state"].values(), b["optimizers"][name]["state"].values()):
+        for sa, sb in zip(
+            a["optimizers"][name]["state"].values(), b["optimizers"][name]["state"].values(), strict=True
+        ):
             assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
@@ -79,7 +83,9 @@ SAVER = textwrap.dedent(
 def test_checkpoint_on_disk_is_complete_after_sigkill(tmp_path: Path, kill_during_save: int) -> None:
     path = tmp_path / "last.pt"
     module = REPO / "dynaquant_brevitas" / "checkpoint.py"
-    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), str(module)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVER, str(path), str(module)], stdout=subprocess.PIPE, text=True
+    )
     try:
         while proc.stdout.readline().split() != ["saving", str(kill_during_save)]:
             pass
@@ -98,10 +104,34 @@ def test_checkpoint_on_disk_is_complete_after_sigkill(tmp_path: Path, kill_durin
 def test_ddp_two_gloo_processes_run_two_steps(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "dynaquant_brevitas", "train", "--arch", "bmshj2018-factorized",
-        "--set", "model.N=8", "--set", "model.M=12", "--set", "data.patch_size=64", "--set", "data.batch_size=2",
-        "--data", str(TRAIN_DIR), "--steps", "2", "--output", str(out), "--device", "cpu", "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "dynaquant_brevitas",
+        "train",
+        "--arch",
+        "bmshj2018-factorized",
+        "--set",
+        "model.N=8",
+        "--set",
+        "model.M=12",
+        "--set",
+        "data.patch_size=64",
+        "--set",
+        "data.batch_size=2",
+        "--data",
+        str(TRAIN_DIR),
+        "--steps",
+        "2",
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -149,8 +179,11 @@ def test_init_from_a_related_architecture_copies_matching_tensors(float_run: Pat
     from dynaquant_brevitas.train import build_float_model
 
     source = load_checkpoint(float_run / "final.pt")["state_dict"]
-    cfg = tiny_config(float_run / "unused", train={"init_from": str(float_run / "final.pt"), "init_partial": True},
-                      model={"arch": "bmshj2018-factorized-relu"})
+    cfg = tiny_config(
+        float_run / "unused",
+        train={"init_from": str(float_run / "final.pt"), "init_partial": True},
+        model={"arch": "bmshj2018-factorized-relu"},
+    )
     model, arch, kwargs = build_float_model(cfg)
     assert type(model).__name__ == "FactorizedPriorReLU" and arch == "bmshj2018-factorized-relu"
     assert torch.equal(model.state_dict()["g_s.6.weight"], source["g_s.6.weight"])

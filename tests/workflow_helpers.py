@@ -34,8 +34,15 @@ def tiny_config(output: Path, steps: int = 4, **sections: dict[str, Any]) -> Tra
     raw = {
         "model": dict(TINY_ARCH),
         "data": {"root": str(TRAIN_DIR), "patch_size": 64, "batch_size": 2},
-        "train": {"steps": steps, "output": str(output), "checkpoint_every": 2, "log_every": 1,
-                  "progress": False, "device": "cpu", "lr": 1e-3},
+        "train": {
+            "steps": steps,
+            "output": str(output),
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "progress": False,
+            "device": "cpu",
+            "lr": 1e-3,
+        },
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
@@ -55,9 +62,13 @@ def quant_run(tmp_path_factory, float_run) -> Path:
     """The float model fine-tuned 4 steps with DynaQuant (candidates 4/6/8, target 6 bits)."""
     out = tmp_path_factory.mktemp("quant_run")
     cfg = tiny_config(
-        out, steps=4, train={"lr": 1e-4, "init_from": str(float_run / "final.pt")},
-        quant={"calibration_batches": 2,
-               "config": {"candidate_bits": [4, 6, 8], "target_bits": 6.0, "tau_decay_steps": 10}},
+        out,
+        steps=4,
+        train={"lr": 1e-4, "init_from": str(float_run / "final.pt")},
+        quant={
+            "calibration_batches": 2,
+            "config": {"candidate_bits": [4, 6, 8], "target_bits": 6.0, "tau_decay_steps": 10},
+        },
     )
     train(cfg)
     return out

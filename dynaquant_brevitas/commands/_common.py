@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -23,7 +24,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config FILE.yaml`` and repeatable ``--set section.key=value`` (value parsed as YAML)."""
     parser.add_argument("-c", "--config", type=Path, help="YAML configuration file")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a configuration entry, e.g. --set train.lr=3e-4 (repeatable; value is YAML)",
     )
 

@@ -9,9 +9,15 @@ HELP = "decompress a container file into an image (refuses damaged files and the
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("decode", help=HELP, description=HELP,
-                              epilog="example: dynaquant decode --checkpoint model.pt kodim01.dqic -o kodim01.png")
-    p.add_argument("--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model the file was encoded with")
+    p = subparsers.add_parser(
+        "decode",
+        help=HELP,
+        description=HELP,
+        epilog="example: dynaquant decode --checkpoint model.pt kodim01.dqic -o kodim01.png",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model the file was encoded with"
+    )
     p.add_argument("file", type=Path, help="container file written by dynaquant encode")
     p.add_argument("-o", "--output", required=True, type=Path, help="image to write (PNG recommended)")
     return p

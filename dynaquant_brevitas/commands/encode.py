@@ -9,8 +9,12 @@ HELP = "compress an image into a container file (real bitstreams, model id, CRC3
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("encode", help=HELP, description=HELP,
-                              epilog="example: dynaquant encode --checkpoint model.pt kodim01.png -o kodim01.dqic")
+    p = subparsers.add_parser(
+        "encode",
+        help=HELP,
+        description=HELP,
+        epilog="example: dynaquant encode --checkpoint model.pt kodim01.png -o kodim01.dqic",
+    )
     p.add_argument("--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model to code with")
     p.add_argument("image", type=Path, help="input image (PNG, JPEG, ...)")
     p.add_argument("-o", "--output", required=True, type=Path, help="container file to write")
@@ -28,5 +32,7 @@ def run(args: argparse.Namespace) -> int:
     blob = pack(state_dict_fingerprint(loaded.model), coded.size, coded.shape, coded.strings)
     args.output.write_bytes(blob)
     h, w = coded.size
-    print(f"{args.output}: {len(blob)} bytes ({8 * coded.num_bytes / (h * w):.4f} bpp of bitstreams, {w}x{h})")
+    print(
+        f"{args.output}: {len(blob)} bytes ({8 * coded.num_bytes / (h * w):.4f} bpp of bitstreams, {w}x{h})"
+    )
     return 0

@@ -18,10 +18,17 @@ EPILOG = """examples:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "eval", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        "eval",
+        help=HELP,
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--checkpoint", action="append", required=True, metavar="PATH|zoo:NAME:QUALITY[:METRIC]",
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="PATH|zoo:NAME:QUALITY[:METRIC]",
         help="checkpoint file or CompressAI zoo model; repeat for several rate-distortion points",
     )
     p.add_argument("--images", required=True, type=Path, help="folder of images to code")
@@ -42,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate(
-        args.checkpoint, args.images, name=args.name, description=args.description,
-        per_image=args.per_image, device=args.device, progress=True,
+        args.checkpoint,
+        args.images,
+        name=args.name,
+        description=args.description,
+        per_image=args.per_image,
+        device=args.device,
+        progress=True,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

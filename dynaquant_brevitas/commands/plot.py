@@ -17,16 +17,38 @@ EPILOG = """examples:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "plot", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        "plot",
+        help=HELP,
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("results", nargs="+", type=Path, help="result JSON files (dynaquant eval or CompressAI format)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output prefix: writes PREFIX-rd.png/.pdf, ...")
-    p.add_argument("--reference", action="append", default=[], metavar="NAME|PATH",
-                   help="reference curve: a JSON path or a file name (without .json) in --reference-dir")
-    p.add_argument("--reference-dir", type=Path, default=DEFAULT_REFERENCE_DIR, help="where reference names are looked up")
+    p.add_argument(
+        "results", nargs="+", type=Path, help="result JSON files (dynaquant eval or CompressAI format)"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, help="output prefix: writes PREFIX-rd.png/.pdf, ..."
+    )
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="reference curve: a JSON path or a file name (without .json) in --reference-dir",
+    )
+    p.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=DEFAULT_REFERENCE_DIR,
+        help="where reference names are looked up",
+    )
     p.add_argument("--metric", choices=("psnr", "ms-ssim"), default="psnr", help="distortion axis")
-    p.add_argument("--anchor", metavar="NAME|PATH", help="print each curve's BD-rate (Akima) against this one")
-    p.add_argument("--bits", action="store_true", help="also draw the per-image, per-layer bit-width heat map")
+    p.add_argument(
+        "--anchor", metavar="NAME|PATH", help="print each curve's BD-rate (Akima) against this one"
+    )
+    p.add_argument(
+        "--bits", action="store_true", help="also draw the per-image, per-layer bit-width heat map"
+    )
     p.add_argument("--title", help="figure title")
     return p
 
@@ -46,8 +68,13 @@ def bd_rate_line(anchor: dict, result: dict, metric: str) -> str:
     try:
         if len(rt) >= 4:
             return f"{name}: BD-rate {bd_rate(ra, da, rt, dt):+.2f} % vs {anchor.get('name')}"
-        diffs = ", ".join(f"{rate_difference_at_quality(ra, da, r, d):+.2f} %" for r, d in zip(rt, dt))
-        return f"{name}: rate difference at equal {metric} {diffs} vs {anchor.get('name')} (fewer than 4 points: no BD-rate)"
+        diffs = ", ".join(
+            f"{rate_difference_at_quality(ra, da, r, d):+.2f} %" for r, d in zip(rt, dt, strict=True)
+        )
+        return (
+            f"{name}: rate difference at equal {metric} {diffs} vs {anchor.get('name')} "
+            "(fewer than 4 points: no BD-rate)"
+        )
     except MetricError as err:
         return f"{name}: no BD-rate vs {anchor.get('name')}: {err}"
 

@@ -22,11 +22,21 @@ EPILOG = """examples:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "train", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        "train",
+        help=HELP,
+        description=HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(p)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from <train.output>/last.pt, or from CHECKPOINT (writing to train.output)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from <train.output>/last.pt, or from CHECKPOINT (writing to train.output)",
+    )
     p.add_argument("--arch", help="CompressAI architecture name (= --set model.arch=...)")
     p.add_argument("--data", help="training image folder (= --set data.root=...)")
     p.add_argument("--steps", type=int, help="total optimisation steps (= --set train.steps=...)")
@@ -35,23 +45,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--output", help="run directory for checkpoints and logs (= --set train.output=...)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (= --set train.device=...)")
     p.add_argument("--init-from", help="float checkpoint to start from (= --set train.init_from=...)")
-    p.add_argument("--target-bits", type=float, help="steer gamma to this average bit width (= --set quant.config.target_bits=...)")
-    p.add_argument("--stop-at", type=int, metavar="STEP", help="stop (with a checkpoint) at this global step; the schedule still follows train.steps")
+    p.add_argument(
+        "--target-bits",
+        type=float,
+        help="steer gamma to this average bit width (= --set quant.config.target_bits=...)",
+    )
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="stop (with a checkpoint) at this global step; the schedule still follows train.steps",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 FLAG_KEYS = {
-    "arch": "model.arch", "data": "data.root", "steps": "train.steps", "lr": "train.lr",
-    "lmbda": "train.lmbda", "output": "train.output", "device": "train.device",
-    "init_from": "train.init_from", "target_bits": "quant.config.target_bits",
+    "arch": "model.arch",
+    "data": "data.root",
+    "steps": "train.steps",
+    "lr": "train.lr",
+    "lmbda": "train.lmbda",
+    "output": "train.output",
+    "device": "train.device",
+    "init_from": "train.init_from",
+    "target_bits": "quant.config.target_bits",
 }
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 
-    flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in FLAG_KEYS.items() if getattr(args, name) is not None]
+    flags = [
+        f"{key}={json.dumps(getattr(args, name))}"
+        for name, key in FLAG_KEYS.items()
+        if getattr(args, name) is not None
+    ]
     if args.no_progress:
         flags.append("train.progress=false")
     cfg = TrainConfig.from_dict(apply_overrides(load_config(args), flags))
