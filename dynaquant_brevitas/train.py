@@ -328,20 +328,20 @@ def _gather(obj: Any, ctx: Dist) -> list[Any]:
     return objs
 
 
-def _mean_across(values: dict[str, float], ctx: Dist) -> dict[str, float]:
+def _mean_across(values: dict[str, float], ctx: Dist, device: torch.device) -> dict[str, float]:
     if ctx.world == 1:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)  # nccl needs CUDA
     dist.all_reduce(t)
     return dict(zip(values, (t / ctx.world).tolist(), strict=True))
 
 
-def resolve_device(name: str, ctx_local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when available; a bare ``cuda`` becomes this process's local GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        name = f"cuda:{ctx_local_rank}"
+        name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available")
@@ -601,8 +601,10 @@ def train(
     """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    ctx = init_distributed(torch.device("cuda" if cfg.train.device.startswith("cuda") else "cpu"))
-    device = resolve_device(cfg.train.device, ctx.local_rank)
+    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    ctx = init_distributed(device)
     try:
         return _train(cfg, resume, ctx, device, stop_at)
     finally:
@@ -704,7 +706,7 @@ def _loop(
     stop = _StopOnSigterm(enabled=ctx.world == 1)
     while state.step < end:
         x = next(batches).to(device, non_blocking=True)
-        logs = _mean_across(train_step(state, x, cfg), ctx)
+        logs = _mean_across(train_step(state, x, cfg), ctx, device)
         if state.controller and "avg_bits" in logs:
             state.controller.update(logs["avg_bits"])
         state.step += 1
