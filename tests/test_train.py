@@ -223,3 +223,11 @@ def test_checkpoints_hold_only_tensors_and_plain_data(float_run: Path, tmp_path:
     save_atomic({"format": "dynaquant-checkpoint", "evil": GammaController(6, 0, 0, 0)}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not unpickling"):
         load_checkpoint(tmp_path / "x.pt")
+
+
+def test_atomic_save_keeps_the_usual_file_mode(tmp_path: Path) -> None:
+    from dynaquant_brevitas.checkpoint import save_atomic
+
+    (tmp_path / "plain").write_bytes(b"")
+    save_atomic({"x": 1}, tmp_path / "ckpt.pt")
+    assert (tmp_path / "ckpt.pt").stat().st_mode == (tmp_path / "plain").stat().st_mode
