@@ -58,6 +58,17 @@ def _reference_path(name: str, directory: Path) -> Path:
     return path if path.suffix == ".json" or path.exists() else directory / f"{name}.json"
 
 
+def _load_reference(name: str, directory: Path) -> dict:
+    """A reference curve, named after its file when the file name says more (CompressAI's model files)."""
+    from ..metrics import load_results
+
+    path = _reference_path(name, directory)
+    result = load_results(path)
+    if path.stem.lower() != str(result.get("name", "")).lower():
+        result["name"] = path.stem
+    return result
+
+
 def bd_rate_line(anchor: dict, result: dict, metric: str) -> str:
     """One line: BD-rate (4+ points) or the single-point rate difference at equal quality."""
     from ..metrics import MetricError, bd_rate, curve, rate_difference_at_quality
@@ -84,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
     from ..plot import plot_bit_heatmap, plot_rd
 
     results = [load_results(p) for p in args.results]
-    references = [load_results(_reference_path(r, args.reference_dir)) for r in args.reference]
+    references = [_load_reference(r, args.reference_dir) for r in args.reference]
     written = plot_rd(results, f"{args.output}-rd", args.metric, references, args.title)
     if args.bits:
         for i, res in enumerate(results):
             suffix = "" if len(results) == 1 else f"-{i}"
             written += plot_bit_heatmap(res, f"{args.output}-bits{suffix}")
     if args.anchor:
-        anchor = load_results(_reference_path(args.anchor, args.reference_dir))
+        anchor = _load_reference(args.anchor, args.reference_dir)
         for res in results + [r for r in references if r.get("name") != anchor.get("name")]:
             print(bd_rate_line(anchor, res, args.metric))
     for path in written:
