@@ -113,6 +113,32 @@ def summarize(part: str, module: torch.nn.Module, build: Any) -> Dict[str, Any]:
     }
 
 
+def integer_weight_errors(module: torch.nn.Module, shape: tuple, step: float, bits=(2, 4, 6, 8)) -> Dict[int, Any]:
+    """Max and mean deviation (output steps) of the integer-weight QONNX graph from PyTorch, per extra bits."""
+    import numpy as np
+
+    from dynaquant_brevitas.export import export_qonnx
+    from dynaquant_brevitas.export.finn import prepare_qonnx
+    from dynaquant_brevitas.export.qonnx import default_samples, run_qonnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        export_qonnx(module, path, shape, step=step, snap=1e-3)
+        model = ModelWrapper(path)
+    samples = default_samples(model, shape, count=2)
+    out = {}
+    for extra in bits:
+        integer = prepare_qonnx(model, extra)
+        errors = []
+        for x in samples:
+            with torch.no_grad():
+                expected = module(x).numpy().astype(np.float64)
+            errors.append(np.abs(run_qonnx(integer, x.numpy()) - expected) / step)
+        out[extra] = {"max": float(max(e.max() for e in errors)), "mean": float(np.mean([e.mean() for e in errors]))}
+    return out
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from dynaquant_brevitas.export.finn import export_finn
     from dynaquant_brevitas.transform import freeze
@@ -141,6 +167,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                     mvau_wwidth_max=args.mvau_wwidth_max)
                 summary = summarize(part, getattr(frozen, part), build)
                 summary["seconds"] = round(time.time() - start, 1)
+                summary["integer_weight_errors"] = integer_weight_errors(getattr(frozen, part), small, steps[part])
                 report["profiles"][label][part] = summary
                 print(f"{label} {part}: {summary['fps']:.1f} fps, {summary['totals']}, FINN vs QONNX "
                       f"{build.max_error_steps:.3g} steps, vs PyTorch max {build.approximation_max_steps:.3g} "
@@ -190,6 +217,13 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"mean {s['integer_weights_vs_torch_mean_steps']:.2g} (weights re-quantized with 4 extra bits "
                 "to absorb per-channel activation steps)."
             )
+        lines += ["", f"Integer-weight approximation of {part} vs PyTorch (max / mean, output steps) by extra "
+                  "weight bits:", "", "| profile | " + " | ".join(
+                      f"+{b} bits" for b in report["profiles"][labels[0]][part]["integer_weight_errors"]) + " |"]
+        lines.append("|---" * (1 + len(report["profiles"][labels[0]][part]["integer_weight_errors"])) + "|")
+        for lab in labels:
+            sweep = report["profiles"][lab][part]["integer_weight_errors"]
+            lines.append(f"| {lab} | " + " | ".join(f"{v['max']:.2g} / {v['mean']:.2g}" for v in sweep.values()) + " |")
         lines.append("")
     return "\n".join(lines)
 
