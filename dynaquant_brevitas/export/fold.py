@@ -62,31 +62,19 @@ class FoldReport:
         return sum(len(f.correction_after) for f in self.folded)
 
 
-def quant_grid(lo: int, hi: int) -> Tuple[int, bool, bool, bool]:
-    """Smallest ``Quant`` grid ``(bits, signed, narrow, exact)`` that holds ``[lo, hi]``.
-
-    ``exact`` says whether the grid is exactly ``[lo, hi]`` (no extra clamp needed).
+def quant_grid(lo: int, hi: int) -> Tuple[int, bool, bool]:
+    """The ``Quant`` grid ``(bits, signed, narrow)`` that is exactly ``[lo, hi]``.
 
     Example:
-        >>> quant_grid(0, 254), quant_grid(-127, 127), quant_grid(-3, 200)
-        ((8, False, True, True), (8, True, True, True), (9, True, False, False))
+        >>> quant_grid(0, 254), quant_grid(-127, 127), quant_grid(0, 15)
+        ((8, False, True), (8, True, True), (4, False, False))
     """
-    best = None
     for bits in range(1, 33):
         for signed in (False, True):
             for narrow in (False, True):
-                gmin = int(min_int(signed, narrow, bits))
-                gmax = int(max_int(signed, narrow, bits))
-                if gmin > lo or gmax < hi or gmin >= gmax:
-                    continue
-                exact = gmin == lo and gmax == hi
-                if exact:
-                    return bits, signed, narrow, True
-                if best is None:
-                    best = (bits, signed, narrow, False)
-        if best is not None:
-            return best
-    raise ValueError(f"no integer grid of at most 32 bits holds [{lo}, {hi}]")
+                if (min_int(signed, narrow, bits), max_int(signed, narrow, bits)) == (lo, hi):
+                    return bits, signed, narrow
+    raise ValueError(f"no Quant grid is exactly [{lo}, {hi}]")
 
 
 def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapper, FoldReport]:
@@ -157,7 +145,7 @@ def _fold_one(
     shift = common_shift(z, qmin)
     # Offsets below snap x the typical step (float noise, dead channels with a tiny range) go.
     z = np.where(np.abs(scale * (z - shift)) <= snap * np.median(scale), shift, z)
-    bits, new_signed, new_narrow, _ = quant_grid(qmin - shift, qmax - shift)
+    bits, new_signed, new_narrow = quant_grid(qmin - shift, qmax - shift)
     offset = (-scale * (z - shift)).astype(np.float32)
 
     name = node.name or node.output[0]
