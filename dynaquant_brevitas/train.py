@@ -586,15 +586,18 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
 
 
 def train(
-    cfg: TrainConfig, resume: bool | str | os.PathLike = False, stop_at: int | None = None
+    cfg: TrainConfig,
+    resume: bool | str | os.PathLike = False,
+    stop_at: int | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """Run (or with ``resume``, continue) training; returns the last logged metrics and paths.
 
     ``resume=True`` continues from ``<train.output>/last.pt``; a path continues from that
     checkpoint instead (e.g. one committed by an earlier session), writing to ``train.output``.
 
-    ``stop_at`` ends this invocation early at that global step (with a checkpoint), as an
-    interruption would; the schedule still follows ``train.steps``.
+    ``stop_at`` (a global step) or ``time_limit_s`` (seconds of this invocation) end it early
+    with a checkpoint, as SIGTERM does; the schedule still follows ``train.steps``.
 
     Writes ``<train.output>/last.pt`` every ``checkpoint_every`` steps and at the end, plus
     ``final.pt`` (weights only), ``config.yaml`` and ``log.jsonl``.
@@ -606,14 +609,19 @@ def train(
         torch.cuda.set_device(device)
     ctx = init_distributed(device)
     try:
-        return _train(cfg, resume, ctx, device, stop_at)
+        return _train(cfg, resume, ctx, device, stop_at, time_limit_s)
     finally:
         if ctx.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(
-    cfg: TrainConfig, resume: bool | str | os.PathLike, ctx: Dist, device: torch.device, stop_at: int | None
+    cfg: TrainConfig,
+    resume: bool | str | os.PathLike,
+    ctx: Dist,
+    device: torch.device,
+    stop_at: int | None,
+    time_limit_s: float | None,
 ) -> dict[str, Any]:
     out_dir = Path(cfg.train.output)
     ckpt = None
@@ -646,7 +654,7 @@ def _train(
         state.model = _wrap_ddp(model, device)
     if ctx.main:
         _write_run_files(out_dir, cfg)
-    return _loop(state, cfg, ctx, batches, device, stop_at or cfg.train.steps)
+    return _loop(state, cfg, ctx, batches, device, stop_at or cfg.train.steps, time_limit_s)
 
 
 def _check_resumable(ckpt: Mapping[str, Any], cfg: TrainConfig) -> None:
@@ -688,6 +696,7 @@ def _loop(
     batches: Iterator[torch.Tensor],
     device: torch.device,
     stop_at: int,
+    time_limit_s: float | None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -703,10 +712,12 @@ def _loop(
     logs: dict[str, float] = {}
     start = time.time()
     end = min(stop_at, cfg.train.steps)
-    stop = _StopOnSigterm(enabled=ctx.world == 1)
+    stop = _StopRequest(time_limit_s)
     while state.step < end:
         x = next(batches).to(device, non_blocking=True)
-        logs = _mean_across(train_step(state, x, cfg), ctx, device)
+        # Every rank stops at the same step: the stop flag is reduced with the logs.
+        logs = _mean_across({**train_step(state, x, cfg), "stop": float(stop.due())}, ctx, device)
+        stopping = logs.pop("stop") > 0
         if state.controller and "avg_bits" in logs:
             state.controller.update(logs["avg_bits"])
         state.step += 1
@@ -714,10 +725,13 @@ def _loop(
         bar.set_postfix(_postfix(logs, state), refresh=False)
         if ctx.main and (state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps):
             _append_log(out_dir, state, logs, time.time() - start)
-        if state.step % cfg.train.checkpoint_every == 0 or state.step == end or stop.requested:
+        if state.step % cfg.train.checkpoint_every == 0 or state.step == end or stopping:
             save_state(state, cfg, ctx, checkpoint_path(cfg))
-        if stop.requested:
-            print(f"SIGTERM: checkpoint written at step {state.step}", file=sys.stderr)
+        if stopping:
+            print(
+                f"stopped early ({stop.reason or 'another rank'}): checkpoint at step {state.step}",
+                file=sys.stderr,
+            )
             break
     stop.restore()
     bar.close()
@@ -730,17 +744,23 @@ def _loop(
     return summary
 
 
-class _StopOnSigterm:
-    """Turns SIGTERM into a request to checkpoint and stop after the current step (single process only)."""
+class _StopRequest:
+    """A request to checkpoint and stop after the current step: SIGTERM, or a time limit passed."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.requested = False
+    def __init__(self, time_limit_s: float | None) -> None:
+        self.deadline = time.time() + time_limit_s if time_limit_s else None
+        self.reason = ""
         self._previous = None
-        if enabled and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.reason = "SIGTERM"
+
+    def due(self) -> bool:
+        if not self.reason and self.deadline is not None and time.time() > self.deadline:
+            self.reason = "time limit"
+        return bool(self.reason)
 
     def restore(self) -> None:
         if self._previous is not None:

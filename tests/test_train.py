@@ -231,3 +231,9 @@ def test_atomic_save_keeps_the_usual_file_mode(tmp_path: Path) -> None:
     (tmp_path / "plain").write_bytes(b"")
     save_atomic({"x": 1}, tmp_path / "ckpt.pt")
     assert (tmp_path / "ckpt.pt").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    summary = train(tiny_config(tmp_path, steps=10_000), time_limit_s=1e-9)
+    assert summary["step"] == 1 and "final" not in summary
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1

@@ -56,6 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="STEP",
         help="stop (with a checkpoint) at this global step; the schedule still follows train.steps",
     )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="stop (with a checkpoint) after this many minutes; SIGTERM does the same at once",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         flags.append("train.progress=false")
     cfg = TrainConfig.from_dict(apply_overrides(load_config(args), flags))
-    summary = train(cfg, resume=args.resume, stop_at=args.stop_at)
+    time_limit_s = args.time_limit * 60 if args.time_limit else None
+    summary = train(cfg, resume=args.resume, stop_at=args.stop_at, time_limit_s=time_limit_s)
     if summary.get("main", True):
         print(json.dumps(summary, indent=2))
     return 0
