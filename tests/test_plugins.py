@@ -7,7 +7,6 @@ Installed plugins are real distributions on a temporary ``sys.path`` entry (``pi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from torch import nn
 
 from dynaquant_brevitas import DynaQuantConfig, UnsupportedModuleError, calibrate, dynaquantize, plan_quantization
 from dynaquant_brevitas import plugins
+from dynaquant_brevitas.cli import main as cli_main
 from dynaquant_brevitas.gradients import ROUNDING_ESTIMATORS, DGMRound, register_rounding_estimator
 from dynaquant_brevitas.layers import DynaQuantConv2d
 from dynaquant_brevitas.plugins import ModelAdapter, PluginError, hookimpl
@@ -179,15 +179,21 @@ def _import_example(site: Path):
         sys.path.remove(str(site))
 
 
-def test_plugins_command_lists_the_installed_plugin(plugin_site):
-    env = dict(os.environ, PYTHONPATH=str(plugin_site))
-    proc = subprocess.run([sys.executable, "-m", "dynaquant_brevitas", "plugins"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    rows = {tuple(line.split()[:2]): line for line in proc.stdout.splitlines()}
+def test_plugins_command_lists_the_installed_plugin(plugin_site, fresh_manager, capsys):
+    fresh_manager(plugin_site)
+    assert cli_main(["plugins"]) == 0
+    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()}
     assert "dynaquant-example-plugin 0.1.0 (example)" in rows[("estimator", "triangle")]
     assert "built-in" in rows[("estimator", "dgm")]
     assert "DynaQuantScaledConv2d" in rows[("handler", "dynaquant_example_plugin.ScaledConv2d")]
+
+
+def test_plugins_command_reports_a_broken_plugin(tmp_path, fresh_manager, capsys):
+    site = write_distribution(tmp_path, "broken-plugin", "[dynaquant]\nbroken = no_such_module_for_dynaquant\n")
+    with pytest.raises(PluginError):
+        fresh_manager(site)
+    assert cli_main(["plugins"]) == 2
+    assert "dynaquant plugins: error: plugin 'broken = no_such_module_for_dynaquant'" in capsys.readouterr().err
 
 
 # -- broken and clashing plugins -----------------------------------------------------------------------
