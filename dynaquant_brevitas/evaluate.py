@@ -124,7 +124,6 @@ class Coded:
     strings: list[list[bytes]]
     shape: list[int]
     size: tuple[int, int]
-    bits: dict[str, Any] | None = None
 
     @property
     def num_bytes(self) -> int:
@@ -170,17 +169,24 @@ def chosen_bits(model: nn.Module) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- evaluation
 
 
+def _now(device: torch.device) -> float:
+    """Wall-clock time after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def evaluate_image(
     model: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
     """Code one image for real and measure it; quality is computed on the 8-bit decoded image."""
     x = read_image(path).to(device)
-    start = time.perf_counter()
+    start = _now(x.device)
     coded = encode_image(model, x)
-    enc_time = time.perf_counter() - start
-    start = time.perf_counter()
+    enc_time = _now(x.device) - start
+    start = _now(x.device)
     x_hat = decode_image(model, coded.strings, coded.shape, coded.size)
-    dec_time = time.perf_counter() - start
+    dec_time = _now(x.device) - start
     rec = to_uint8(x_hat).float() / 255.0
     h, w = coded.size
     record = {
@@ -196,7 +202,6 @@ def evaluate_image(
     if bits is not None:
         record["avg_bits"] = sum(bits["bits"]) / max(1, len(bits["bits"]))
         record["layer_bits"] = bits["bits"]
-        record["_layers"] = bits["layers"]
     return record
 
 
@@ -218,12 +223,10 @@ def evaluate_model(
     model = loaded.model.to(device)
     records = [evaluate_image(model, p, device) for p in tqdm(images, desc=loaded.name, disable=not progress)]
     summary: dict[str, Any] = {k: _mean(r[k] for r in records) for k in SUMMARY_KEYS}
-    layers = next((r.pop("_layers") for r in records if "_layers" in r), None)
-    for r in records:
-        r.pop("_layers", None)
-    if layers is not None:
+    bits = chosen_bits(model)  # the dynamic layers' names (the same for every image)
+    if bits is not None:
         summary["avg_bits"] = _mean(r["avg_bits"] for r in records)
-        summary["layers"] = layers
+        summary["layers"] = bits["layers"]
     return {"summary": summary, "per_image": records}
 
 
