@@ -1,8 +1,9 @@
 """The bit-width selector: per-image features in, one bit-width choice per layer out.
 
-Features are pooled from the output of the first module of a transform: the mean over a
-``pool x pool`` grid and the per-channel standard deviation (a cheap texture measure). A two-layer
-MLP turns them into logits of shape ``(N, layers, candidates)``. Training samples a hard choice
+Features are pooled from the output of the first module of a transform: per-channel mean and
+standard deviation (a cheap texture measure) and a ``pool x pool`` grid of the mean magnitude
+(where in the image the energy is), layer-normalised so the MLP sees the same scale whatever the
+codec's activations. A two-layer MLP turns them into logits of shape ``(N, layers, candidates)``. Training samples a hard choice
 with the straight-through Gumbel-softmax; evaluation takes the argmax, so a decoder that sees the
 same features makes the same choice and no bit widths are transmitted.
 
@@ -65,7 +66,7 @@ class BitSelector(nn.Module):
         self.pool = int(pool)
         self.max_side = 64
         self.register_buffer("temperature", torch.tensor(1.0))
-        features = channels * (pool * pool + 1)
+        features = self.features_dim = 2 * channels + pool * pool
         self.mlp = nn.Sequential(
             nn.Linear(features, hidden),
             nn.ReLU(inplace=True),
@@ -74,7 +75,10 @@ class BitSelector(nn.Module):
         )
 
     def features(self, x: Tensor) -> Tensor:
-        """Pooled grid means and per-channel spread; the codec's transform gets no gradient.
+        """Per-channel mean and spread, and a ``pool x pool`` grid of the mean magnitude.
+
+        ``2 C + pool^2`` numbers per image: compact, so the selector adds little to the model's
+        size (a per-channel grid would need ``C pool^2`` inputs). The codec gets no gradient.
 
         Large feature maps are read with a stride so that at most about ``max_side`` pixels per
         side are pooled: statistics need no more, and the selector stays cheap on big images.
@@ -83,9 +87,10 @@ class BitSelector(nn.Module):
         stride = max(1, min(x.shape[-2:]) // self.max_side)
         if stride > 1:
             x = x[..., ::stride, ::stride].contiguous()
-        pooled = F.adaptive_avg_pool2d(x, self.pool).flatten(1)
-        spread = x.flatten(2).std(dim=2, unbiased=False)
-        return torch.cat([pooled, spread], dim=1)
+        flat = x.flatten(2)
+        mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
+        energy = F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
+        return F.layer_norm(torch.cat([mean, spread, energy], dim=1), (self.features_dim,))
 
     def forward(self, x: Tensor) -> Selection:
         logits = self.mlp(self.features(x)).view(x.shape[0], self.layers, len(self.candidates))
