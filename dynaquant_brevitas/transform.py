@@ -42,6 +42,7 @@ import copy
 import fnmatch
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Type, Union
 
@@ -382,6 +383,24 @@ def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterabl
     return mapping
 
 
+@contextmanager
+def _selection_set_aside(model: nn.Module) -> Iterator[None]:
+    """Drop the last forward's selection while inside (it may hold a training graph, which
+    ``copy.deepcopy`` refuses), and put it back afterwards."""
+    state = _state(model)
+    layers = [layer for _, layer in dynaquant_layers(model)]
+    last, choices = state.last, [layer.bit_choice for layer in layers]
+    state.last = {}
+    for layer in layers:
+        layer.set_bit_choice(None)
+    try:
+        yield
+    finally:
+        state.last = last
+        for layer, choice in zip(layers, choices):
+            layer.set_bit_choice(choice)
+
+
 def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable[Tensor]] = None) -> nn.Module:
     """A static copy of a dynaquantized model: no selectors, one bit width per layer.
 
@@ -396,7 +415,8 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
         records them. Export builds on it.
     """
     bits = resolve_profile(model, profile, images)
-    frozen = copy.deepcopy(model)
+    with _selection_set_aside(model):
+        frozen = copy.deepcopy(model)
     state = _state(frozen)
     for module in frozen.modules():
         for hooks in (module._forward_hooks, module._forward_pre_hooks):

@@ -310,3 +310,12 @@ def test_static_config_has_no_selector():
     assert {layer.bit_width for name, layer in dynaquant_layers(model) if name in ("g_a.2", "g_s.6")} == {6}
     calibrate(model, [torch.rand(1, 3, 64, 64)])
     assert float(bit_loss(model(torch.rand(1, 3, 64, 64)))) == 0.0
+
+
+def test_freeze_after_a_training_forward():
+    model = dynaquantize(FactorizedPrior(8, 12))
+    calibrate(model, [torch.rand(2, 3, 64, 64)])
+    model.train()(torch.rand(2, 3, 64, 64))  # leaves a selection that carries a training graph
+    frozen = freeze(model, "max")
+    assert not hasattr(frozen, "dynaquant") and model.dynaquant.last  # the original keeps its state
+    assert model.g_a[2].bit_choice is not None and frozen.g_a[2].bit_choice is None
