@@ -43,7 +43,9 @@ def test_mkdocs_build_strict(tmp_path):
 def test_every_page_is_in_the_nav():
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "hooks" not in p.parts}
-    assert pages == _nav_pages(config["nav"])
+    nav = _nav_pages(config["nav"])
+    assert not pages - nav, f"pages missing from the nav in mkdocs.yml: {sorted(pages - nav)}"
+    assert not nav - pages, f"nav entries without a page: {sorted(nav - pages)}"
 
 
 def test_quickstart_page_code_runs():
