@@ -40,9 +40,9 @@ def codec() -> torch.nn.Module:
 
 
 def _assert_verified(build) -> None:
-    """FINN's graph equals the integer QONNX graph; that graph stays close to PyTorch."""
+    """FINN's graph equals the integer QONNX graph; that graph stays near PyTorch (see below)."""
     assert build.max_error_steps < 1e-2
-    assert 0 < build.approximation_mean_steps < 0.1 and build.approximation_max_steps < 2
+    assert 0 < build.approximation_mean_steps < 0.5 and build.approximation_max_steps < 2
 
 
 def _assert_all_hardware(partition) -> None:
@@ -103,3 +103,25 @@ def test_conv_transpose_lowering_is_exact_in_finn(k, s, p, op):
     lowered = model.transform(LowerConvTransposeToPixelPadding())
     assert "ConvTranspose" not in [n.op_type for n in lowered.graph.node]
     assert np.array_equal(run_finn(lowered, x), expected)
+
+
+@pytest.mark.parametrize("part, shape", [("g_a", (1, 3, 16, 16)), ("g_s", (1, 6, 2, 3))])
+def test_integer_weights_approach_pytorch_with_more_bits(codec, tmp_path, part, shape):
+    """The one approximation of the FINN path shrinks as the re-quantized weights get wider."""
+    from dynaquant_brevitas.export import export_qonnx
+    from dynaquant_brevitas.export.finn import prepare_qonnx
+    from dynaquant_brevitas.export.qonnx import default_samples, run_qonnx
+
+    module = getattr(codec, part)
+    result = export_qonnx(module, str(tmp_path / "m.onnx"), shape, snap=1e-3)
+    model = ModelWrapper(str(tmp_path / "m.onnx"))
+    samples = default_samples(model, shape, count=2)
+
+    def mean_error(extra_bits: int) -> float:
+        integer = prepare_qonnx(model, extra_bits)
+        with torch.no_grad():
+            errors = [np.abs(run_qonnx(integer, x.numpy()) - module(x).numpy()).mean() for x in samples]
+        return float(np.mean(errors)) / result.output_step
+
+    coarse, fine = mean_error(2), mean_error(8)
+    assert fine < coarse and fine < 1e-2
