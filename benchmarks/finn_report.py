@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 
 PROFILES = {
@@ -79,6 +80,22 @@ def layer_groups(nodes: List[str], ops: List[str]) -> List[List[int]]:
     return groups
 
 
+def correction_map_bits(model: Any, node: Any) -> int:
+    """Bits of a constant operand of an elementwise layer that is as large as its output.
+
+    Those are the zero-point correction maps. FINN's ``res_estimation`` gives 0 BRAM/LUT/DSP for
+    ``ElementwiseAdd_hls``/``ElementwiseMul_hls``, so they are counted here (float32 values).
+    """
+    if not node.op_type.startswith("Elementwise"):
+        return 0
+    total = 0
+    for name in node.input:
+        value = model.get_initializer(name)
+        if value is not None and value.size == np.prod(model.get_tensor_shape(node.output[0])) and value.size > 1:
+            total += int(value.size) * 32
+    return total
+
+
 def summarize(part: str, module: torch.nn.Module, build: Any) -> Dict[str, Any]:
     """Per-layer bits, cycles and resources of one transform, plus totals and frames per second."""
     convs = [(name, m) for name, m in module.named_modules() if hasattr(m, "weight_quant")]
@@ -101,9 +118,10 @@ def summarize(part: str, module: torch.nn.Module, build: Any) -> Dict[str, Any]:
             "BRAM_18K": sum(float(resources[n].get("BRAM_18K", 0)) for n in names),
             "URAM": sum(float(resources[n].get("URAM", 0)) for n in names),
             "DSP": sum(float(resources[n].get("DSP", 0)) for n in names),
+            "map_kbit": sum(correction_map_bits(build.partition, nodes[i]) for i in group) / 1e3,
             "nodes": names,
         })
-    totals = {k: sum(r[k] for r in rows) for k in ("LUT", "BRAM_18K", "URAM", "DSP")}
+    totals = {k: sum(r[k] for r in rows) for k in ("LUT", "BRAM_18K", "URAM", "DSP", "map_kbit")}
     return {
         "layers": rows, "totals": totals, "max_cycles": build.estimate["max_cycles"],
         "fps": build.estimate["fps"], "finn_vs_qonnx_max_steps": build.max_error_steps,
@@ -185,28 +203,30 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{report['target_fps']} fps ({report['target_cycles']} cycles/frame, mvau_wwidth_max "
         f"{report['mvau_wwidth_max']}), part {report['fpga_part']}. "
         "Estimates from FINN's exp_cycles_per_layer, res_estimation and dataflow_performance "
-        "(no synthesis).",
+        "(no synthesis). FINN estimates 0 LUT/BRAM/DSP for its HLS elementwise layers; the float32 "
+        "zero-point correction maps they hold are listed separately (map Mbit, not in BRAM18).",
         "",
         f"Command: `{report['command']}`",
         "",
     ]
     for part in ("g_a", "g_s"):
         lines += [f"## {part}", "", "| layer | " + " | ".join(
-            f"{lab} bits (hw in/w) | {lab} cycles | {lab} LUT | {lab} BRAM18 | {lab} DSP" for lab in labels
-        ) + " |", "|---" * (1 + 5 * len(labels)) + "|"]
+            f"{lab} bits (hw in/w) | {lab} cycles | {lab} LUT | {lab} BRAM18 | {lab} DSP | {lab} map Mbit"
+            for lab in labels
+        ) + " |", "|---" * (1 + 6 * len(labels)) + "|"]
         rows = zip(*(report["profiles"][lab][part]["layers"] for lab in labels))
         for per_label in rows:
             cells = [per_label[0]["layer"]]
             for r in per_label:
                 cells += [f"{r['bits']} ({r['hw_input']}/{r['hw_weight']})", str(r["cycles"]),
-                          f"{r['LUT']:.0f}", f"{r['BRAM_18K']:.0f}", f"{r['DSP']:.0f}"]
+                          f"{r['LUT']:.0f}", f"{r['BRAM_18K']:.0f}", f"{r['DSP']:.0f}", f"{r['map_kbit'] / 1e3:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         cells = ["**total**"]
         for lab in labels:
             s = report["profiles"][lab][part]
             t = s["totals"]
             cells += [f"{s['fps']:.1f} fps", str(s["max_cycles"]), f"{t['LUT']:.0f}", f"{t['BRAM_18K']:.0f}",
-                      f"{t['DSP']:.0f}"]
+                      f"{t['DSP']:.0f}", f"{t['map_kbit'] / 1e3:.1f}"]
         lines += ["| " + " | ".join(cells) + " |", ""]
         for lab in labels:
             s = report["profiles"][lab][part]
