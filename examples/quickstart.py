@@ -5,7 +5,7 @@
 2. ``dynaquantize`` it: content-aware quantizers with DGM rounding in every conv, a bit-width
    selector per side choosing 4, 6 or 8 bits per image and layer;
 3. ``calibrate`` the activation ranges on photos that ship with scikit-image;
-4. compress and decompress a held-out photo with real bitstreams, float and DynaQuant;
+4. compress and decompress a held-out photo with real bitstreams: float, static INT8 and dynamic;
 5. ``freeze`` the most frequent choice per layer into a static model and code the photo again.
 
 Run from the repository root (``make demo`` does): ``python examples/quickstart.py``.
@@ -48,6 +48,13 @@ def float_model(checkpoint: Optional[Path], random_weights: bool) -> Tuple[nn.Mo
         "weights: RANDOM (no reference checkpoint at checkpoints/reference/ yet): rates and PSNRs\n"
         "below only show the mechanics (real bitstreams, chosen bits, sizes), not compression quality"
     )
+
+
+def quantized(model: nn.Module, config: DynaQuantConfig, calibration: List[torch.Tensor]) -> nn.Module:
+    """A calibrated DynaQuant copy of ``model``, ready to code."""
+    result = dynaquantize(copy.deepcopy(model), config)
+    calibrate(result, calibration)
+    return prepare_for_coding(result)
 
 
 def code(model: nn.Module, image: torch.Tensor) -> Dict[str, object]:
@@ -97,26 +104,31 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     rows = [("float (FP32)", code(prepare_for_coding(model), image), model_size_bytes(model))]
 
+    static = quantized(model, DynaQuantConfig(candidate_bits=(8,)), calibration)  # one width: no selector
+    result = code(static, image)
+    result["profile"] = resolve_profile(static, "max")
+    rows.append(("DynaQuant static INT8", result, model_size_bytes(static)))
+
     config = DynaQuantConfig(candidate_bits=(4, 6, 8), fixed_bits=8)
-    dynamic = dynaquantize(copy.deepcopy(model), config)
-    calibrate(dynamic, calibration)
-    result = code(prepare_for_coding(dynamic), image)
+    dynamic = quantized(model, config, calibration)
+    result = code(dynamic, image)
     rows.append(("DynaQuant (dynamic)", result, model_size_bytes(dynamic, result["profile"])))
 
     profile = resolve_profile(dynamic, "mode", images=calibration + [image])  # most frequent choice
-    frozen = freeze(dynamic, profile)
-    result = code(prepare_for_coding(frozen), image)
+    frozen = prepare_for_coding(freeze(dynamic, profile))
+    result = code(frozen, image)
     result["profile"] = profile
     rows.append(("DynaQuant frozen (mode)", result, model_size_bytes(frozen)))
 
     print()
     print(table(rows))
     print(
-        f"\nfixed-precision layers (selector taps, hyper transforms) run at {config.fixed_bits} bits. Sizes pack "
+        f"\nFixed-precision layers (selector taps, hyper transforms) run at {config.fixed_bits} bits. Sizes pack "
         "weights at their bit widths,\neverything else as FP32 (the dynamic model's size includes its two "
-        "selectors; the frozen one has none)."
+        "selectors; the frozen one has none).\nHere the quantizers are only calibrated and the selectors are "
+        "untrained, so their choices are arbitrary;\nfine-tuning (dynaquant train with quant.config, see "
+        "examples/finetune_and_evaluate.py) trains both."
     )
-
 
 if __name__ == "__main__":
     main()

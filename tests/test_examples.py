@@ -44,12 +44,13 @@ def test_quickstart_codes_float_dynamic_and_frozen(example):
     assert out.startswith("weights: ")
     assert ("RANDOM" in out) != ("trained checkpoint" in out)
     rows = {m.group(1).strip(): m.groups()[1:] for m in re.finditer(
-        r"^(float \(FP32\)|DynaQuant \(dynamic\)|DynaQuant frozen \(mode\))\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.*)$",
-        out, re.MULTILINE)}
-    assert set(rows) == {"float (FP32)", "DynaQuant (dynamic)", "DynaQuant frozen (mode)"}
+        r"^(float \(FP32\)|DynaQuant static INT8|DynaQuant \(dynamic\)|DynaQuant frozen \(mode\))"
+        r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.*)$", out, re.MULTILINE)}
+    assert set(rows) == {"float (FP32)", "DynaQuant static INT8", "DynaQuant (dynamic)", "DynaQuant frozen (mode)"}
     assert all(float(bpp) > 0 and float(size) > 0 for bpp, _, size, _ in rows.values())
     assert float(rows["DynaQuant frozen (mode)"][2]) < float(rows["float (FP32)"][2]) / 2
     assert rows["float (FP32)"][3] == "32 (float)"
+    assert rows["DynaQuant static INT8"][3].split(":")[1].split() == ["8"] * 6
     for name in ("DynaQuant (dynamic)", "DynaQuant frozen (mode)"):
         chosen = rows[name][3].split(":")[1].split()
         assert len(chosen) == 6 and set(chosen) <= {"4", "6", "8"}
