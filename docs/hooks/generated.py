@@ -2,7 +2,8 @@
 
 * ``<!-- dynaquant:cli -->``: ``--help`` of the ``dynaquant`` command and every subcommand;
 * ``<!-- dynaquant:registry -->``: what ``dynaquant plugins`` lists (built-ins and any installed plugin);
-* ``<!-- dynaquant:results -->``: every committed ``benchmarks/results/*.json``, its scalar values.
+* ``<!-- dynaquant:results -->``: every committed results file (``benchmarks/results/*.json``,
+  ``dynaquant eval`` results beside the reference checkpoints), its scalar values.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = "benchmarks/results"
+RESULTS = ("checkpoints/reference/*.json", "benchmarks/results/*.json")
 MAX_ROWS = 40
 
 
@@ -49,13 +50,13 @@ def registry_table() -> str:
 
 
 def committed_results() -> List[Path]:
-    """``benchmarks/results/*.json`` known to git (all of them outside a git checkout)."""
+    """The results files known to git (every match, outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "ls-files", f"{RESULTS}/*.json"], cwd=ROOT, capture_output=True,
+        out = subprocess.run(["git", "ls-files", *RESULTS], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         return [ROOT / line for line in out.split()]
     except (OSError, subprocess.CalledProcessError):
-        return sorted((ROOT / RESULTS).glob("*.json"))
+        return sorted(path for pattern in RESULTS for path in ROOT.glob(pattern))
 
 
 def scalars(data: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
