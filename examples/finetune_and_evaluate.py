@@ -10,7 +10,7 @@ The same three commands you would type, run from Python through :func:`dynaquant
 Settings are tiny so that it runs in a few minutes on a laptop CPU: the numbers show the workflow,
 not the method's quality (see ``configs/`` for the real runs). Outputs go to ``--workdir``.
 
-Run: ``python examples/finetune_and_evaluate.py [--steps 200] [--workdir runs/examples/finetune]``.
+Run: ``python examples/finetune_and_evaluate.py [--steps 60] [--workdir runs/examples/finetune]``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def run(*args: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="training steps of each stage")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of each stage")
     parser.add_argument("--channels", type=int, nargs=2, default=(32, 48), metavar=("N", "M"))
     parser.add_argument("--patch", type=int, default=64, help="training crop size")
     parser.add_argument("--workdir", type=Path, default=Path("runs/examples/finetune"))
