@@ -1,23 +1,19 @@
 """Plugins: pluggy hook specifications and the registries ``dynaquantize`` reads.
 
 Five kinds of things can be added without touching this package. Each has a hook that returns a
-mapping; the built-ins (:mod:`dynaquant_brevitas.builtin_plugins`) use the same hooks.
+mapping; the built-ins (``dynaquant_brevitas.builtin_plugins``) use the same hooks.
 
-=========== ================================ =============================================
-kind        hook                             mapping
-=========== ================================ =============================================
-handler     ``dynaquant_layer_handlers``     float module type -> DynaQuant layer class
-                                             (with ``from_float(module, bits, **options)``)
-estimator   ``dynaquant_rounding_estimators`` name -> rounding module class (a Brevitas
-                                             ``float_to_int_impl``; optional ``grad_multiplier``)
-selector    ``dynaquant_bit_selectors``      name -> bit-width selector class
-adapter     ``dynaquant_model_adapters``     name -> :class:`ModelAdapter` instance
-exporter    ``dynaquant_exporters``          name -> ``f(module, path, input_shape, **kw)``
-=========== ================================ =============================================
+- ``handler`` (``dynaquant_layer_handlers``): float module type -> DynaQuant layer class with
+  ``from_float(module, bits, **options)``;
+- ``estimator`` (``dynaquant_rounding_estimators``): name -> rounding module class, a Brevitas
+  ``float_to_int_impl`` (optionally with ``grad_multiplier(u)``);
+- ``selector`` (``dynaquant_bit_selectors``): name -> bit-width selector class;
+- ``adapter`` (``dynaquant_model_adapters``): name -> ``ModelAdapter`` instance;
+- ``exporter`` (``dynaquant_exporters``): name -> ``f(module, path, input_shape, **kwargs)``.
 
 Installed packages are loaded from the entry-point group ``dynaquant``; set
 ``DYNAQUANT_DISABLE_PLUGIN_AUTOLOAD=1`` to skip them. A plugin that cannot be imported, returns
-something of the wrong type, or registers a name another plugin owns raises :class:`PluginError`
+something of the wrong type, or registers a name another plugin owns raises ``PluginError``
 naming both.
 
 Example:
