@@ -16,7 +16,7 @@ from typing import Any, Iterator, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ("checkpoints/reference/*.json", "benchmarks/results/*.json")
-MAX_ROWS = 40
+MAX_ROWS = 80
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
