@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "model": f"FactorizedPriorReLU(N={args.N}, M={args.M})", "image": f"{w}x{h}",
         "clock_ns": args.clock_ns, "target_fps": args.target_fps, "target_cycles": target_cycles,
-        "fpga_part": args.fpga_part, "mvau_wwidth_max": args.mvau_wwidth_max, "profiles": {},
+        "fpga_part": args.fpga_part, "mvau_wwidth_max": args.mvau_wwidth_max, "border_g_a": args.border_g_a,
+        "profiles": {},
         "command": "python " + " ".join(sys.argv),
     }
     for label, profile in PROFILES.items():
@@ -179,8 +180,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             for part, (full, small) in shapes.items():
                 start = time.time()
+                border = args.border_g_a if part == "g_a" else "map"
                 build = export_finn(getattr(frozen, part), os.path.join(tmp, f"{part}.onnx"), full,
                                     verify_shape=small, step=steps[part], target_cycles=target_cycles,
+                                    border=border, tolerance_steps=float("inf") if border == "bias" else 1.0,
                                     clock_ns=args.clock_ns, fpga_part=args.fpga_part,
                                     mvau_wwidth_max=args.mvau_wwidth_max)
                 summary = summarize(part, getattr(frozen, part), build)
@@ -204,7 +207,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{report['mvau_wwidth_max']}), part {report['fpga_part']}. "
         "Estimates from FINN's exp_cycles_per_layer, res_estimation and dataflow_performance "
         "(no synthesis). FINN estimates 0 LUT/BRAM/DSP for its HLS elementwise layers; the float32 "
-        "zero-point correction maps they hold are listed separately (map Mbit, not in BRAM18).",
+        "zero-point correction maps they hold are listed separately (map Mbit, not in BRAM18). "
+        f"g_a zero-point correction: {report['border_g_a']} (g_s: map).",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -261,6 +265,9 @@ def main(argv: List[str] | None = None) -> int:
                         help="SetFolding's cap on SIMD x weight bits (FINN's default 36 caps SIMD at 3 "
                              "for 12-bit weights and leaves the 3-channel output layer of g_s at <1 fps)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/kodak")
+    parser.add_argument("--border-g-a", choices=("map", "bias"), default="map",
+                        help="zero-point correction of g_a: exact output-sized maps, or their channel medians "
+                             "as a bias (borders approximate; g_s always uses maps)")
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
     args = parser.parse_args(argv)
     report = run(args)

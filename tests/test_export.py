@@ -173,3 +173,12 @@ def test_export_refuses_a_part_that_still_follows_the_selector(tmp_path):
         export_qonnx(model.g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
     result = export_qonnx(freeze(model, "min").g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
     assert result.max_error_steps < 1
+
+
+def test_border_bias_keeps_only_channel_biases_and_stays_close_on_the_encoder(codec, tmp_path):
+    path = str(tmp_path / "g_a.onnx")
+    result = export_qonnx(codec.g_a, path, (1, 3, 32, 48), step=1.0, border="bias", snap=1e-3)
+    model = ModelWrapper(path)
+    corrections = [model.get_initializer(n.input[1]) for n in model.graph.node if n.name.endswith("_offset_map")]
+    assert corrections and all(c.shape[2:] == (1, 1) for c in corrections)
+    assert result.max_error_steps < 0.05  # latents are rounded to integers: a 20th of a step

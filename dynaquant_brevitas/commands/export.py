@@ -29,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="image size FINN's Python execution is verified at (default: 48x32)")
     p.add_argument("--snap", type=float, default=1e-3,
                    help="zero points this close to the integer grid are put on it (0: exact; default 1e-3)")
+    p.add_argument("--border", choices=("map", "bias"), default="map",
+                   help="zero-point correction: exact output-sized maps (default) or channel biases, exact "
+                        "inside convolutions and off at borders (verified against --tolerance)")
+    p.add_argument("--tolerance", type=float, default=1.0, help="allowed error in output steps (default 1)")
     p.add_argument("--finn", action="store_true", help="also run FINN's front end and write its estimates")
     p.add_argument("--clock-ns", type=float, default=5.0, help="clock period for the FPS estimate (default 5)")
     p.add_argument("--target-fps", type=float, help="SetFolding target (default: fully serial layers)")
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if args.finn:
             report[part] = _finn(module, path, shape, _input_shape(frozen, part, args.verify_size), part, args)
         else:
-            result = export_qonnx(module, str(path), shape, step=_step(part), snap=args.snap)
+            result = export_qonnx(module, str(path), shape, step=_step(part), snap=args.snap, border=args.border,
+                                  tolerance_steps=args.tolerance)
             print(result.summary())
             report[part] = {"qonnx": str(path), "max_error_steps": result.max_error_steps}
     (args.output / "export.json").write_text(json.dumps(report, indent=2))
@@ -125,7 +130,8 @@ def _finn(module: Any, path: Path, shape: Tuple[int, ...], verify_shape: Tuple[i
 
     target = int(1e9 / args.clock_ns / args.target_fps) if args.target_fps else None
     build = export_finn(module, str(path), shape, verify_shape=verify_shape, step=_step(part), snap=args.snap,
-                        target_cycles=target, clock_ns=args.clock_ns, mvau_wwidth_max=args.mvau_wwidth_max)
+                        border=args.border, tolerance_steps=args.tolerance, target_cycles=target,
+                        clock_ns=args.clock_ns, mvau_wwidth_max=args.mvau_wwidth_max)
     estimate = build.estimate
     print(f"{part}: {len(build.layers)} FINN hardware layers, {estimate['fps']:.2f} fps at "
           f"{1e3 / args.clock_ns:.0f} MHz; FINN vs QONNX {build.max_error_steps:.2g} steps, integer "

@@ -357,6 +357,8 @@ def export_finn(
     verify_shape: Optional[Sequence[int]] = None,
     step: Optional[float] = None,
     snap: float = 1e-3,
+    border: str = "map",
+    tolerance_steps: float = 1.0,
     **build: Any,
 ) -> FinnBuild:
     """Pre-check, QONNX export (verified), then :func:`build_finn` (verified, estimated).
@@ -368,7 +370,8 @@ def export_finn(
         samples: torch inputs to verify on; default: random ones (see ``default_samples``).
         verify_shape: verify on a smaller copy of the graph exported at this shape (Python
             execution of FINN layers is slow at full resolution); default: ``input_shape``.
-        step, snap: see :func:`~.qonnx.export_qonnx`.
+        step, snap, border, tolerance_steps: see :func:`~.qonnx.export_qonnx` (``border="bias"``
+            drops the output-sized correction maps at a measured cost at the borders).
         build: passed to :func:`build_finn` (``target_cycles``, ``clock_ns``, ...).
 
     Raises:
@@ -383,7 +386,8 @@ def export_finn(
     check_finn(module)
     verify_shape = tuple(verify_shape or input_shape)
     small_path = path if verify_shape == tuple(input_shape) else _sibling(path, "_verify")
-    small = export_qonnx(module, small_path, verify_shape, samples=samples, step=step, snap=snap)
+    small = export_qonnx(module, small_path, verify_shape, samples=samples, step=step, snap=snap, border=border,
+                         tolerance_steps=tolerance_steps)
     from qonnx.core.modelwrapper import ModelWrapper
 
     small_model = ModelWrapper(small_path)
@@ -402,7 +406,7 @@ def export_finn(
     if small_path == path:
         result = checked
     else:
-        export_qonnx(module, path, input_shape, step=small.output_step, snap=snap, verify=False)
+        export_qonnx(module, path, input_shape, step=small.output_step, snap=snap, border=border, verify=False)
         result = build_finn(path, step=small.output_step, **build)
         for name in ("max_error_steps", "approximation_max_steps", "approximation_mean_steps"):
             setattr(result, name, getattr(checked, name))

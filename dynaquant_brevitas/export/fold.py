@@ -77,7 +77,9 @@ def quant_grid(lo: int, hi: int) -> Tuple[int, bool, bool]:
     raise ValueError(f"no Quant grid is exactly [{lo}, {hi}]")
 
 
-def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapper, FoldReport]:
+def fold_zero_points(
+    model: ModelWrapper, snap: float = 0.0, border: str = "map"
+) -> Tuple[ModelWrapper, FoldReport]:
     """Rewrite every activation ``Quant`` with a nonzero zero point (see the module docstring).
 
     Args:
@@ -87,6 +89,10 @@ def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapp
             ``snap`` times the tensor's median step are put on it: ``1e-3`` removes float noise
             such as ``-127.00001`` and dead channels, which would otherwise each need a
             correction map, at a cost of at most ``snap`` (median) steps per element.
+        border: ``"map"`` (exact) adds each correction as an output-sized constant. ``"bias"``
+            adds only its per-channel median, a bias FINN absorbs into thresholds: exact inside
+            a convolution's output, off at its borders (and between a transposed
+            convolution's output phases); the export's verification measures by how much.
 
     Returns:
         The rewritten model and a :class:`FoldReport`.
@@ -94,8 +100,10 @@ def fold_zero_points(model: ModelWrapper, snap: float = 0.0) -> Tuple[ModelWrapp
     model = model.transform(InferShapes())
     context = _constant_context(model)
     report = FoldReport()
+    if border not in ("map", "bias"):
+        raise ValueError(f"border must be 'map' or 'bias', got {border!r}")
     for node in [n for n in model.graph.node if n.op_type == "Quant"]:
-        folded = _fold_one(model, node, context, snap)
+        folded = _fold_one(model, node, context, snap, border)
         if folded is not None:
             report.folded.append(folded)
     _scalar_zero_points(model)
@@ -130,7 +138,7 @@ def _is_activation_quant(model: ModelWrapper, node: onnx.NodeProto) -> bool:
 
 
 def _fold_one(
-    model: ModelWrapper, node: onnx.NodeProto, context: Dict[str, np.ndarray], snap: float
+    model: ModelWrapper, node: onnx.NodeProto, context: Dict[str, np.ndarray], snap: float, border: str
 ) -> Optional[FoldedQuant]:
     if not _is_activation_quant(model, node):
         return None
@@ -172,7 +180,7 @@ def _fold_one(
     corrected: List[str] = []
     if np.any(offset != 0) and linear:
         for consumer in consumers:
-            _add_correction_map(model, consumer, offset, context)
+            _add_correction_map(model, consumer, offset, context, border)
             corrected.append(consumer.name)
     return FoldedQuant(
         node=name, bits=bits, signed=new_signed, shift=shift,
@@ -200,15 +208,17 @@ def _const(model: ModelWrapper, value: np.ndarray) -> str:
 
 
 def _add_correction_map(
-    model: ModelWrapper, layer: onnx.NodeProto, offset: np.ndarray, context: Dict[str, np.ndarray]
+    model: ModelWrapper, layer: onnx.NodeProto, offset: np.ndarray, context: Dict[str, np.ndarray], border: str
 ) -> None:
-    """Insert ``Add(layer(offset map, bias=0))`` after ``layer``."""
+    """Insert ``Add(layer(offset map, bias=0))`` after ``layer`` (its channel medians for ``"bias"``)."""
     in_shape = model.get_tensor_shape(layer.input[0])
     offset_map = np.broadcast_to(offset, in_shape).astype(np.float32)
     inputs = {layer.input[0]: offset_map}
     for name in layer.input[1:2]:
         inputs[name] = context[name] if model.get_initializer(name) is None else model.get_initializer(name)
     correction = _run_single_node(layer, inputs, model)
+    if border == "bias" and correction.ndim > 2:
+        correction = np.median(correction, axis=tuple(range(2, correction.ndim)), keepdims=True)
     out = layer.output[0]
     pre = model.make_new_valueinfo_name()
     layer.output[0] = pre

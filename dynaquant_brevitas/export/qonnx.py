@@ -67,7 +67,9 @@ def export_qonnx(
     samples: Optional[Iterable[torch.Tensor]] = None,
     step: Optional[float] = None,
     snap: float = 0.0,
+    border: str = "map",
     verify: bool = True,
+    tolerance_steps: float = 1.0,
 ) -> ExportResult:
     """Export ``module`` to a QONNX file whose quantizers all have zero point 0.
 
@@ -81,20 +83,20 @@ def export_qonnx(
             quantizer's range).
         step: the output quantization step errors are measured in (default: see
             :func:`output_step`).
-        snap: see :func:`~dynaquant_brevitas.export.fold.fold_zero_points`.
+        snap, border: see :func:`~dynaquant_brevitas.export.fold.fold_zero_points`.
         verify: run the graph with qonnx's executor and raise :class:`VerificationError` when
-            it differs from PyTorch by more than one output step.
+            it differs from PyTorch by more than ``tolerance_steps`` output steps.
     """
     module = frozen(module, profile).eval()
     raw = _brevitas_export(module, input_shape)
     if step is None:
         step = output_step(raw)
-    model, report = fold_zero_points(raw, snap=snap)
+    model, report = fold_zero_points(raw, snap=snap, border=border)
     model.save(path)
     result = ExportResult(path, 0.0, 0.0, float(step), 0, report)
     if verify:
         inputs = list(samples) if samples is not None else default_samples(raw, input_shape)
-        result = verify_qonnx(module, model, inputs, step, path=path, fold=report)
+        result = verify_qonnx(module, model, inputs, step, path=path, fold=report, tolerance_steps=tolerance_steps)
     return result
 
 
