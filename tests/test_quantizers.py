@@ -443,3 +443,18 @@ def test_qonnx_export_runs_in_the_qonnx_executor(tmp_path, act_quant):
     got = execute_onnx(model, {model.graph.input[0].name: x.numpy()})[model.graph.output[0].name]
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-5
+
+
+def test_dead_channel_gets_a_small_zero_point_and_keeps_its_value():
+    layer = QuantIdentity(act_quant=DynaActQuant, return_quant_tensor=False).train()
+    x = torch.randn(4, 3, 6, 6)
+    x[:, 1] = 2.5  # a constant channel
+    x[:, 2] = 0.0  # an all-zero channel
+    layer(x)
+    tq = act_tq(layer.act_quant)
+    _, scale, zero_point, _ = tq(x)
+    assert zero_point.abs().max() < 1e3
+    layer.eval()
+    out = layer(x)
+    torch.testing.assert_close(out[:, 1], x[:, 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, 2], x[:, 2], rtol=0, atol=1e-6)

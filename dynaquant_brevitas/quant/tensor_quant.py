@@ -47,6 +47,7 @@ from .fake_quant import fake_quantize
 __all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
 
 _MIN_RANGE = 1e-8
+_DEAD_RANGE = 1e-6
 _MAX_STATS_SAMPLES = 1 << 16
 
 
@@ -204,7 +205,11 @@ class ContentAwareIntQuant(nn.Module):
         else:
             new_offset = lo if self.learn_offset else torch.zeros_like(lo)
             new_range = hi - new_offset
-        new_range = new_range.clamp_min(_MIN_RANGE)
+        # A constant ("dead") channel: centre the grid on 0 and let it reach the constant, so the
+        # zero point stays small (a collapsed range would make -offset/scale explode).
+        dead = new_range <= _DEAD_RANGE * torch.maximum(hi.abs(), lo.abs()).clamp_min(1.0)
+        new_offset = torch.where(dead, torch.zeros_like(new_offset), new_offset)
+        new_range = torch.where(dead, torch.maximum(hi.abs(), lo.abs()), new_range).clamp_min(_MIN_RANGE)
         count = int(self.observed_batches)
         if self.initialized and count > 0 and self.range.shape == new_range.shape:
             new_range = (self.range.detach() * count + new_range) / (count + 1)
