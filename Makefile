@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dynaquant-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test docs clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet click pydantic 'rich<14'  # what the FINN stages we call import
 	@touch $@
 
+# The main job: committed float reference -> dynaquantize -> 4 minutes of fine-tuning ->
+# real-bitstream evaluation of both, table, RD plot and bit heat map in runs/demo.
 demo: setup
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/dynaquant demo --minutes 4 --output runs/demo
 
 test: setup
 	$(PY) -m pytest -n 2 -q
+
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

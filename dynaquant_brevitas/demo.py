@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -84,6 +85,7 @@ def _finetune(checkpoint: Path, output: Path, minutes: float, steps: int, config
                 "output": str(output / "dynaquant"),
                 "checkpoint_every": steps,
                 "log_every": 10,
+                "threads": torch.get_num_threads(),
             },
             "quant": {"config": config.to_dict()},
         }
@@ -134,8 +136,14 @@ def run_demo(
     minutes: float = 5.0,
     steps: int = 400,
     config: Optional[DynaQuantConfig] = None,
+    threads: int = 1,
 ) -> Dict[str, Any]:
-    """Run the demo (see the module docstring); returns the summary written to ``summary.json``."""
+    """Run the demo (see the module docstring); returns the summary written to ``summary.json``.
+
+    ``threads`` sets torch's intra-op threads: one is the safe default on a small machine, where
+    two OpenMP threads slow down many times over as soon as another process competes.
+    """
+    torch.set_num_threads(threads)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or find_reference()
     image_dir = images or write_default_images(output / "images")
