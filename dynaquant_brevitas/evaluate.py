@@ -141,7 +141,7 @@ def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
     pad, _ = compute_padding(h, w, min_div=PAD_MULTIPLE)
     state = _dynaquant_state(model)
     if state is not None:
-        state.last = {}
+        state.reset()
     out = model.compress(F.pad(x, pad, mode="constant", value=0))
     strings = [list(group) for group in out["strings"]]
     return Coded(strings, [int(s) for s in out["shape"]], (int(h), int(w)))

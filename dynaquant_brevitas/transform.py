@@ -207,8 +207,12 @@ class DynaQuantState(nn.Module):
     def _decoder_hook(self, module: nn.Module, inputs, output: Tensor) -> None:
         self.select(DECODER, output)
 
-    def _clear_hook(self, module: nn.Module, inputs) -> None:
+    def reset(self) -> None:
+        """Forget the last selection (``compress``/``decompress`` do not pass the forward hooks)."""
         self.last = {}
+
+    def _clear_hook(self, module: nn.Module, inputs) -> None:
+        self.reset()
 
     def _attach_bits_hook(self, module: nn.Module, inputs, output):
         if isinstance(output, dict) and self.last:
