@@ -176,20 +176,11 @@ class BitReport:
 
 def bit_report(model: nn.Module, images: Iterable[Tensor], macs: Optional[Mapping[str, int]] = None) -> BitReport:
     """Run ``images`` (each ``(3, H, W)`` or ``(1, 3, H, W)``) and report the bit choices."""
-    state = getattr(model, "dynaquant", None)
-    per_image: List[List[int]] = []
-    layers: List[str] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for image in images:
-            image = image if image.dim() == 4 else image.unsqueeze(0)
-            model(image)
-            if state is not None and state.last:
-                record = state.bits_record()
-                layers = record["layers"]
-                per_image.extend([[int(b) for b in row] for row in record["bits"].tolist()])
-    model.train(was_training)
+    from .transform import chosen_bits
+
+    layers, per_image = chosen_bits(model, images)
+    if not per_image:
+        raise ValueError("bit_report needs at least one image and a model with dynamic layers")
     histograms = {name: dict(Counter(row[i] for row in per_image)) for i, name in enumerate(layers)}
     mean_bits = {name: sum(row[i] for row in per_image) / len(per_image) for i, name in enumerate(layers)}
     macs = macs if macs is not None else layer_macs(model, (1, 3, 256, 256))

@@ -137,6 +137,14 @@ class DynaQuantLayer:
         raise NotImplementedError
 
 
+_CONV_ARGUMENTS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+
+
+def _constructor_arguments(module: nn.Module, names: tuple) -> Dict[str, Any]:
+    """The float module's constructor arguments, to build its quantized twin."""
+    return {**{name: getattr(module, name) for name in names}, "bias": module.bias is not None}
+
+
 def _add_channel_bias(out: Tensor, bias: Optional[Tensor]) -> Tensor:
     if bias is None:
         return out
@@ -150,17 +158,7 @@ class DynaQuantConv2d(DynaQuantLayer, QuantConv2d):
 
     @staticmethod
     def _float_arguments(m: nn.Conv2d) -> Dict[str, Any]:
-        return dict(
-            in_channels=m.in_channels,
-            out_channels=m.out_channels,
-            kernel_size=m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            dilation=m.dilation,
-            groups=m.groups,
-            padding_mode=m.padding_mode,
-            bias=m.bias is not None,
-        )
+        return _constructor_arguments(m, _CONV_ARGUMENTS + ("padding_mode",))
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         n = x.shape[0]
@@ -215,17 +213,7 @@ class DynaQuantConvTranspose2d(DynaQuantLayer, QuantConvTranspose2d):
     def _float_arguments(m: nn.ConvTranspose2d) -> Dict[str, Any]:
         if m.padding_mode != "zeros":
             raise ValueError(f"ConvTranspose2d with padding_mode={m.padding_mode!r} is not supported")
-        return dict(
-            in_channels=m.in_channels,
-            out_channels=m.out_channels,
-            kernel_size=m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            output_padding=m.output_padding,
-            dilation=m.dilation,
-            groups=m.groups,
-            bias=m.bias is not None,
-        )
+        return _constructor_arguments(m, _CONV_ARGUMENTS + ("output_padding",))
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         n = x.shape[0]

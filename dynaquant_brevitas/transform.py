@@ -62,6 +62,7 @@ __all__ = [
     "DynaQuantState",
     "QuantizationPlan",
     "UnsupportedModuleError",
+    "chosen_bits",
     "dynaquant_layers",
     "dynaquantize",
     "freeze",
@@ -343,22 +344,34 @@ def _state(model: nn.Module) -> DynaQuantState:
 Profile = Union[str, Mapping[str, int]]
 
 
-def _mode_profile(model: nn.Module, images: Iterable[Tensor]) -> Dict[str, int]:
+def chosen_bits(model: nn.Module, images: Iterable[Tensor]) -> Tuple[List[str], List[List[int]]]:
+    """``(dynamic layer names, chosen bits per image)`` of an eval-mode run over ``images``.
+
+    Each image is ``(3, H, W)`` or ``(N, 3, H, W)``; a batch contributes one row per image.
+    """
     state = _state(model)
-    votes: Dict[str, Counter] = {}
+    layers: List[str] = []
+    rows: List[List[int]] = []
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for image in images:
-            image = image if image.dim() == 4 else image.unsqueeze(0)
-            model(image)
-            record = state.bits_record()
-            for i, name in enumerate(record["layers"]):
-                votes.setdefault(name, Counter()).update(int(b) for b in record["bits"][:, i].tolist())
-    model.train(was_training)
-    if not votes:
+    try:
+        with torch.no_grad():
+            for image in images:
+                model(image if image.dim() == 4 else image.unsqueeze(0))
+                if state.last:
+                    record = state.bits_record()
+                    layers = record["layers"]
+                    rows.extend([[int(b) for b in row] for row in record["bits"].tolist()])
+    finally:
+        model.train(was_training)
+    return layers, rows
+
+
+def _mode_profile(model: nn.Module, images: Iterable[Tensor]) -> Dict[str, int]:
+    layers, rows = chosen_bits(model, images)
+    if not rows:
         raise ValueError('profile "mode" needs at least one image')
-    return {name: counter.most_common(1)[0][0] for name, counter in votes.items()}
+    return {name: Counter(row[i] for row in rows).most_common(1)[0][0] for i, name in enumerate(layers)}
 
 
 def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterable[Tensor]] = None) -> Dict[str, int]:
