@@ -114,7 +114,7 @@ def _row(name: str, result: Dict[str, Any], size: int) -> Dict[str, Any]:
         "bpp": r["bpp"][0],
         "psnr": r["psnr-rgb"][0],
         "ms-ssim": r["ms-ssim-rgb"][0],
-        "avg_bits": (r.get("avg_bits") or [32.0])[0],
+        "avg_bits": (r.get("avg_bits") or [None])[0] or 32.0,
         "size_bytes": size,
     }
 

@@ -253,14 +253,16 @@ def evaluate(
         ev = evaluate_model(loaded, images, device, progress)
         for k in SUMMARY_KEYS:
             results[k].append(ev["summary"][k])
-        if "avg_bits" in ev["summary"]:
-            results.setdefault("avg_bits", []).append(ev["summary"]["avg_bits"])
+        # one entry per checkpoint, None for float ones, so the lists stay aligned
+        results.setdefault("avg_bits", []).append(ev["summary"].get("avg_bits"))
         entry = {"checkpoint": loaded.spec, **loaded.info}
         if "layers" in ev["summary"]:
             entry["layers"] = ev["summary"]["layers"]
         if per_image:
             entry["per_image"] = ev["per_image"]
         models.append(entry)
+    if not any(b is not None for b in results["avg_bits"]):
+        del results["avg_bits"]
     return {
         "name": name or Path(str(specs[0])).stem,
         "description": description or f"dynaquant eval, real bitstreams, {device}",

@@ -81,6 +81,15 @@ def test_dynaquant_model_reports_chosen_bits(quant_run: Path, eval_images: Path)
     assert 4 <= result["results"]["avg_bits"][0] <= 8
 
 
+def test_float_and_dynaquant_checkpoints_keep_avg_bits_aligned(
+    float_run: Path, quant_run: Path, eval_images: Path
+) -> None:
+    result = evaluate([str(float_run / "final.pt"), str(quant_run / "final.pt")], eval_images)
+    float_bits, quant_bits = result["results"]["avg_bits"]
+    assert float_bits is None and 4 <= quant_bits <= 8
+    assert "avg_bits" not in evaluate([str(float_run / "final.pt")], eval_images)["results"]
+
+
 def test_zoo_spec_parsing_and_offline_error(eval_images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     assert parse_zoo_spec("zoo:mbt2018:5:ms-ssim") == ("mbt2018", 5, "ms-ssim")
     with pytest.raises(EvalError, match="zoo:NAME:QUALITY"):

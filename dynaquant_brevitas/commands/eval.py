@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     res = result["results"]
     for i, spec in enumerate(args.checkpoint):
-        bits = f", {res['avg_bits'][i]:.2f} bits" if "avg_bits" in res else ""
+        avg_bits = (res.get("avg_bits") or [None] * len(args.checkpoint))[i]
+        bits = f", {avg_bits:.2f} bits" if avg_bits is not None else ""
         print(f"{spec}: {res['bpp'][i]:.4f} bpp, {res['psnr-rgb'][i]:.3f} dB PSNR{bits}")
     print(f"wrote {args.output}")
     return 0
