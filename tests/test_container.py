@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from workflow_helpers import eval_images, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
+from workflow_helpers import run_eval, eval_images, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
 from dynaquant_brevitas.container import ContainerError, pack, unpack
@@ -56,18 +56,7 @@ def test_wrong_model_is_refused() -> None:
 def test_encode_decode_reproduces_eval(float_run: Path, eval_images: Path, tmp_path: Path) -> None:
     ev = tmp_path / "ev.json"
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(float_run / "final.pt"),
-                "--images",
-                str(eval_images),
-                "-o",
-                str(ev),
-                "--per-image",
-            ]
-        )
+        run_eval(str(float_run / "final.pt"), str(eval_images), str(ev), "--per-image")
         == 0
     )
     records = json.loads(ev.read_text())["models"][0]["per_image"]

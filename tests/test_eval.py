@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from workflow_helpers import EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
+from workflow_helpers import run_eval, EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
 from dynaquant_brevitas.data import list_images, read_image
@@ -20,18 +20,7 @@ COMPRESSAI_KEYS = {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_
 def float_eval(float_run: Path, eval_images: Path, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval") / "float.json"
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(float_run / "final.pt"),
-                "--images",
-                str(eval_images),
-                "-o",
-                str(out),
-                "--per-image",
-            ]
-        )
+        run_eval(str(float_run / "final.pt"), str(eval_images), str(out), "--per-image")
         == 0
     )
     return json.loads(out.read_text())
@@ -115,32 +104,12 @@ def test_zoo_spec_parsing_and_offline_error(eval_images: Path, tmp_path: Path, m
 
 def test_missing_inputs_are_clear_errors(float_run: Path, eval_images: Path, tmp_path: Path, capsys) -> None:
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(tmp_path / "none.pt"),
-                "--images",
-                str(eval_images),
-                "-o",
-                str(tmp_path / "x.json"),
-            ]
-        )
+        run_eval(str(tmp_path / "none.pt"), str(eval_images), str(tmp_path / "x.json"))
         == 2
     )
     assert "checkpoint not found" in capsys.readouterr().err
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(float_run / "final.pt"),
-                "--images",
-                str(tmp_path),
-                "-o",
-                str(tmp_path / "x.json"),
-            ]
-        )
+        run_eval(str(float_run / "final.pt"), str(tmp_path), str(tmp_path / "x.json"))
         == 2
     )
     assert "no images" in capsys.readouterr().err
@@ -151,18 +120,7 @@ def test_bit_heat_map_from_per_image_eval(quant_run: Path, eval_images: Path, tm
 
     ev = tmp_path / "q.json"
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(quant_run / "final.pt"),
-                "--images",
-                str(eval_images),
-                "-o",
-                str(ev),
-                "--per-image",
-            ]
-        )
+        run_eval(str(quant_run / "final.pt"), str(eval_images), str(ev), "--per-image")
         == 0
     )
     bits, images, layers = bit_matrix(json.loads(ev.read_text()))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from dynaquant_brevitas.cli import main
 from dynaquant_brevitas.train import TrainConfig, train
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "train"
@@ -77,3 +78,8 @@ def quant_run(tmp_path_factory, float_run) -> Path:
 @pytest.fixture(scope="session")
 def eval_images(tmp_path_factory) -> Path:
     return write_images(tmp_path_factory.mktemp("images"))
+
+
+def run_eval(checkpoint: str, images: str, output: str, *extra: str) -> int:
+    """``dynaquant eval --checkpoint C --images I -o O [extra...]``; returns the exit status."""
+    return main(["eval", "--checkpoint", checkpoint, "--images", images, "-o", output, *extra])
