@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["compiled_kernels_enabled", "fake_quantize", "use_compiled_kernels"]
+__all__ = ["compiled_kernels_enabled", "fake_quantize", "quantize_dequantize", "use_compiled_kernels"]
 
 GradMultiplier = Callable[[Tensor], Optional[Tensor]]
 
@@ -111,6 +111,12 @@ def compiled_kernels_enabled() -> bool:
 
 def _pure_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
     return (torch.clamp(torch.round(x / scale + zero_point), qmin, qmax) - zero_point) * scale
+
+
+def quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """The forward value of :func:`fake_quantize` without autograd (current kernels)."""
+    with torch.no_grad():
+        return _kernels["forward"](x, scale, zero_point, qmin, qmax)
 
 
 class _FakeQuantize(torch.autograd.Function):

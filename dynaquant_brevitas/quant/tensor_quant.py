@@ -24,9 +24,9 @@ are exact, and carry the straight-through Gumbel-softmax gradient backward:
 
 * weights: ``W_n = sum_k w[n, k] * Q_k(W)``, one quantized weight per sample (shape
   ``(N, *weight.shape)``), which the DynaQuant layers run as one grouped convolution;
-* activations: a single quantization pass with the per-sample step ``s_n = sum_k w[n, k] * s_k``
-  (and the chosen candidate's integer bounds), so the selector learns from how the loss responds
-  to each candidate's step size without quantizing every activation K times.
+* activations: a single quantization pass at each sample's chosen step and bounds; backward gives
+  ``w`` the gradient of the mixture ``sum_k w[n, k] * Q_k(x)`` (each candidate's output recomputed
+  there, not stored), so the selector weighs every candidate's rounding and clipping.
 
 The arithmetic is fused into one autograd node (:mod:`.fake_quant`) whenever the rounding module
 provides ``grad_multiplier``; other rounding modules go through plain autograd.
@@ -34,6 +34,7 @@ provides ``grad_multiplier``; other rounding modules go through plain autograd.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -42,7 +43,7 @@ from brevitas.function.ops import tensor_clamp
 from torch import Tensor, nn
 
 from ..gradients import DGMRound, STERound
-from .fake_quant import fake_quantize
+from .fake_quant import fake_quantize, quantize_dequantize
 
 __all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
 
@@ -106,6 +107,33 @@ def _scale_grad(param: Tensor, factor: float) -> Tensor:
     """Identity in value; multiplies the gradient by ``factor`` (the LSQ trick)."""
     scaled = param * factor
     return (param - scaled).detach() + scaled
+
+
+class _SelectionGradient(torch.autograd.Function):
+    """Identity on the quantized activation; gives the selection weights ``w`` (``(N, K)``) the
+    gradient of the output mixture ``sum_k w_nk Q_k(x)``, i.e. ``<grad_n, Q_k(x_n)>``.
+
+    The candidates' outputs are recomputed in backward, so nothing extra is kept in memory, and the
+    gradient compares what each candidate's rounding *and* clipping would do to the loss. (Routing
+    the gradient through an interpolated step instead reads clipping as "a larger step is better"
+    and drifts the selector towards the fewest bits.)
+    """
+
+    @staticmethod
+    def forward(ctx, x_hat, w, x, grids):
+        ctx.save_for_backward(x)
+        ctx.grids = grids
+        return x_hat.view_as(x_hat)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            dims = tuple(range(1, x.dim()))
+            columns = [(grad * quantize_dequantize(x, *grid)).sum(dim=dims) for grid in ctx.grids]
+            grad_w = torch.stack(columns, dim=1)
+        return grad, grad_w, None, None
 
 
 class ContentAwareIntQuant(nn.Module):
@@ -273,22 +301,25 @@ class ContentAwareIntQuant(nn.Module):
         table = torch.tensor(choice.candidates, dtype=w.dtype, device=w.device)
         if self.is_weight:
             return self._mix_quantized_weights(x, choice, w, table)
-        # Activations: one pass with a per-sample step s_n = sum_k w_nk s_k (exact in value).
+        # Activations: one pass at each sample's chosen step and bounds (exact in value) ...
         view = (-1,) + (1,) * (x.dim() - 1)
-        steps, bounds = [], []
-        for bits in choice.candidates:
-            qmin, qmax = self.levels(bits)
-            range_, offset = self._grid(x, qmax)
-            steps.append(range_ / qmax)
-            bounds.append((qmin, qmax))
-        scale = sum(w[:, k].reshape(view) * s for k, s in enumerate(steps))
         hard = w.detach()
-        lows, highs = (torch.tensor(b, dtype=w.dtype, device=w.device) for b in zip(*bounds))
-        qmin = (hard * lows).sum(1).reshape(view)
-        qmax = (hard * highs).sum(1).reshape(view)
-        zero_point = -offset / scale
+        grids = [self._candidate_grid(x, bits) for bits in choice.candidates]
+        scale, zero_point, qmin, qmax = (
+            sum(hard[:, k].reshape(view) * grid[i] for k, grid in enumerate(grids)) for i in range(4)
+        )
         x_hat = self._fake_quantize(x, scale, zero_point, qmin, qmax)
+        # ... and the selection gradient of the output mixture sum_k w_nk Q_k(x) in backward
+        x_hat = _SelectionGradient.apply(x_hat, w, x.detach(), [[t.detach() for t in g] for g in grids])
         return x_hat, scale, zero_point, (hard * table).sum(1)
+
+    def _candidate_grid(self, x: Tensor, bits: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(scale, zero_point, qmin, qmax)`` of one candidate bit width, shaped for ``x``."""
+        qmin, qmax = self.levels(bits)
+        range_, offset = self._grid(x, qmax)
+        scale = range_ / qmax
+        bound = functools.partial(torch.tensor, dtype=x.dtype, device=x.device)
+        return scale, -offset / scale, bound(float(qmin)), bound(float(qmax))
 
     def _mix_quantized_weights(self, weight: Tensor, choice: BitChoice, w: Tensor, table: Tensor):
         """One quantized weight per sample, ``sum_k w_nk Q_k(W)``: shape ``(N, *weight.shape)``."""
