@@ -43,6 +43,10 @@ class DynaQuantConfig:
         beta: DGM sharpness (``> 0``).
         learn_scale: learn the per-channel ranges (otherwise they stay at their calibration).
         learn_offset: learn per-channel activation offsets.
+        activation_per_channel: one activation step (and offset) per channel, the content-aware
+            default; ``False`` gives one per tensor, which FINN maps exactly (with per-channel
+            steps the FPGA export has to re-quantize the next layer's weights, see
+            :mod:`dynaquant_brevitas.export.integer`).
         weight_offset: learn per-channel weight offsets as well.
         gamma: weight of the bit loss (expected average bit width) in the training loss.
         target_bits: average bit width to reach; training then adjusts ``gamma`` itself.
@@ -65,6 +69,7 @@ class DynaQuantConfig:
     beta: float = 1.0
     learn_scale: bool = True
     learn_offset: bool = True
+    activation_per_channel: bool = True
     weight_offset: bool = False
     gamma: float = 0.0
     target_bits: Optional[float] = None

@@ -52,6 +52,7 @@ def quantizer_kwargs(
     quantize_input: bool = True,
     learn_scale: bool = True,
     learn_offset: bool = True,
+    activation_per_channel: bool = True,
     weight_offset: bool = False,
     calibration_steps: int = 8,
 ) -> Dict[str, Any]:
@@ -75,6 +76,7 @@ def quantizer_kwargs(
             input_rounding_beta=beta,
             input_learn_range=learn_scale,
             input_learn_offset=learn_offset,
+            input_per_channel=activation_per_channel,
             input_calibration_steps=calibration_steps,
         )
     return kwargs

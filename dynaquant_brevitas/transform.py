@@ -274,6 +274,7 @@ def _quantizer_options(config: DynaQuantConfig) -> Dict[str, object]:
         quantize_input=config.quantize_activations,
         learn_scale=config.learn_scale,
         learn_offset=config.learn_offset,
+        activation_per_channel=config.activation_per_channel,
         weight_offset=config.weight_offset,
         calibration_steps=config.calibration_steps,
     )

@@ -125,3 +125,18 @@ def test_integer_weights_approach_pytorch_with_more_bits(codec, tmp_path, part, 
 
     coarse, fine = mean_error(2), mean_error(8)
     assert fine < coarse and fine < 1e-2
+
+
+@pytest.mark.parametrize("part, shape, verify", [("g_a", (1, 3, 32, 32), (1, 3, 16, 16)), ("g_s", (1, 6, 4, 4), (1, 6, 2, 3))])
+def test_per_tensor_activations_make_finn_equal_pytorch(tmp_path, part, shape, verify):
+    """With one activation step per tensor nothing is re-quantized: FINN computes what PyTorch does."""
+    torch.manual_seed(1)
+    config = DynaQuantConfig(candidate_bits=(4, 6, 8), activation_per_channel=False)
+    model = dynaquantize(FactorizedPriorReLU(4, 6), config)
+    calibrate(model, [torch.rand(2, 3, 64, 64) for _ in range(2)])
+    calibrate(model.g_s, [torch.randn(2, 6, 4, 4) * 3 for _ in range(2)])
+    module = getattr(freeze(model, MIXED), part)
+    build = export_finn(module, str(tmp_path / f"{part}.onnx"), shape, verify_shape=verify,
+                        approximation_tolerance_steps=1e-2)
+    assert build.max_error_steps < 1e-2 and build.approximation_max_steps < 1e-2
+    _assert_all_hardware(build.partition)

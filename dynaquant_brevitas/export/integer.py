@@ -10,6 +10,10 @@ per-channel step into the weights and quantizes them again, per output channel::
 with ``s'_k = max_c |w_eff[k, c]| / qmax(weight_bits + extra_bits)``. The activation quantizer
 becomes ``Quant(x / s_c)`` with scale 1, which FINN turns into thresholds. This step is the
 only approximation in the export: its effect is measured by the FINN verification.
+
+A step shared by all channels (``DynaQuantConfig(activation_per_channel=False)``) needs no
+re-quantization: it multiplies the weights' per-output-channel scale, the integer weights and
+their bit width stay as trained, and the export is exact.
 """
 
 from __future__ import annotations
@@ -32,8 +36,7 @@ _LINEAR = {"Conv": 1, "ConvTranspose": 0, "Gemm": 1, "MatMul": 0}  # input-chann
 def absorb_activation_scales(model: ModelWrapper, extra_bits: int = 2) -> Tuple[ModelWrapper, List[str]]:
     """Move per-channel activation steps into the weights (see the module docstring).
 
-    Returns the rewritten model and the names of the rewritten layers. Scalar activation steps
-    are left alone.
+    Returns the rewritten model and the names of the rewritten layers.
     """
     model = model.transform(InferShapes())
     changed = []
@@ -41,7 +44,7 @@ def absorb_activation_scales(model: ModelWrapper, extra_bits: int = 2) -> Tuple[
         if node.op_type != "Quant" or model.get_initializer(node.input[0]) is not None:
             continue
         scale = model.get_initializer(node.input[1])
-        if scale is None or scale.size == 1:
+        if scale is None:
             continue
         consumers = model.find_consumers(node.output[0]) or []
         if not consumers or not all(_weight_quant(model, c) is not None for c in consumers):
@@ -69,6 +72,11 @@ def _scale_weights(model: ModelWrapper, layer: onnx.NodeProto, step: np.ndarray,
     narrow = bool(get_by_name(wq.attribute, "narrow").i)
     rounding = get_by_name(wq.attribute, "rounding_mode").s.decode()
     w_hat = quant(weight, scale, zero_point, bits, signed, narrow, rounding)
+    if np.all(step == step.flat[0]) and not np.any(zero_point):  # one step: exact, same integers
+        new_scale = (scale * step.flat[0]).astype(np.float32)
+        model.set_initializer(wq.input[0], (np.round(w_hat / scale) * new_scale).astype(np.float32))
+        wq.input[1] = _const(model, new_scale)
+        return
     in_axis = _LINEAR[layer.op_type]
     view = [1] * w_hat.ndim
     view[in_axis] = -1
