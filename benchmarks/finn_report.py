@@ -35,7 +35,7 @@ PROFILES = {
 }
 
 
-def build_codec(n: int, m: int, data: Path) -> torch.nn.Module:
+def build_codec(n: int, m: int, data: Path, per_channel: bool = True) -> torch.nn.Module:
     """FactorizedPriorReLU(n, m), dynaquantized with candidates {4, 6, 8}, calibrated."""
     from compressai.models import FactorizedPriorReLU
 
@@ -44,7 +44,8 @@ def build_codec(n: int, m: int, data: Path) -> torch.nn.Module:
     from dynaquant_brevitas.transform import dynaquantize
 
     torch.manual_seed(0)
-    model = dynaquantize(FactorizedPriorReLU(n, m), DynaQuantConfig(candidate_bits=(4, 6, 8)))
+    config = DynaQuantConfig(candidate_bits=(4, 6, 8), activation_per_channel=per_channel)
+    model = dynaquantize(FactorizedPriorReLU(n, m), config)
     calibrate(model, [_crops(data)])
     calibrate(model.g_s, [torch.randn(4, m, 8, 8) * 4 for _ in range(2)])
     return model
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from dynaquant_brevitas.transform import freeze
 
     os.environ.setdefault("FINN_BUILD_DIR", tempfile.mkdtemp(prefix="finn_build_"))
-    model = build_codec(args.N, args.M, args.data)
+    model = build_codec(args.N, args.M, args.data, per_channel=args.activations == "per-channel")
     h, w = args.height, args.width
     target_cycles = int(1e9 / args.clock_ns / args.target_fps)
     shapes = {"g_a": ((1, 3, h, w), (1, 3, 32, 48)), "g_s": ((1, args.M, h // 16, w // 16), (1, args.M, 2, 3))}
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "model": f"FactorizedPriorReLU(N={args.N}, M={args.M})", "image": f"{w}x{h}",
         "clock_ns": args.clock_ns, "target_fps": args.target_fps, "target_cycles": target_cycles,
         "fpga_part": args.fpga_part, "mvau_wwidth_max": args.mvau_wwidth_max, "border_g_a": args.border_g_a,
-        "profiles": {},
+        "activations": args.activations, "profiles": {},
         "command": "python " + " ".join(sys.argv),
     }
     for label, profile in PROFILES.items():
@@ -199,6 +200,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def markdown(report: Dict[str, Any]) -> str:
     """Side-by-side tables of the report."""
     labels = list(report["profiles"])
+    if report.get("activations", "per-channel") == "per-tensor":
+        weights_note = "one activation step per tensor: integer weights keep their trained bits, exact up to float rounding"
+    else:
+        weights_note = "weights re-quantized with 4 extra bits to absorb per-channel activation steps"
     lines = [
         f"# FINN estimates: {report['model']}, {report['image']} image",
         "",
@@ -208,7 +213,8 @@ def markdown(report: Dict[str, Any]) -> str:
         "Estimates from FINN's exp_cycles_per_layer, res_estimation and dataflow_performance "
         "(no synthesis). FINN estimates 0 LUT/BRAM/DSP for its HLS elementwise layers; the float32 "
         "zero-point correction maps they hold are listed separately (map Mbit, not in BRAM18). "
-        f"g_a zero-point correction: {report['border_g_a']} (g_s: map).",
+        f"g_a zero-point correction: {report['border_g_a']} (g_s: map). Activation steps: "
+        f"{report.get('activations', 'per-channel')}.",
         "",
         f"Command: `{report['command']}`",
         "",
@@ -238,8 +244,7 @@ def markdown(report: Dict[str, Any]) -> str:
                 f"- {lab}: verified at a small size, in output steps of {s['output_step']:.4g}: FINN Python "
                 f"execution vs the integer-weight QONNX graph max {s['finn_vs_qonnx_max_steps']:.2g}; "
                 f"that graph vs PyTorch max {s['integer_weights_vs_torch_max_steps']:.2g}, "
-                f"mean {s['integer_weights_vs_torch_mean_steps']:.2g} (weights re-quantized with 4 extra bits "
-                "to absorb per-channel activation steps)."
+                f"mean {s['integer_weights_vs_torch_mean_steps']:.2g} ({weights_note})."
             )
         lines += ["", f"Integer-weight approximation of {part} vs PyTorch (max / mean, output steps) by extra "
                   "weight bits:", "", "| profile | " + " | ".join(
@@ -268,6 +273,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--border-g-a", choices=("map", "bias"), default="map",
                         help="zero-point correction of g_a: exact output-sized maps, or their channel medians "
                              "as a bias (borders approximate; g_s always uses maps)")
+    parser.add_argument("--activations", choices=("per-channel", "per-tensor"), default="per-channel",
+                        help="activation steps of the quantized model (DynaQuantConfig.activation_per_channel); "
+                             "per-tensor needs no weight re-quantization, so FINN equals PyTorch")
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
     args = parser.parse_args(argv)
     report = run(args)
