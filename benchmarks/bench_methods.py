@@ -1,0 +1,331 @@
+"""The methods compared by ``benchmarks/run.py`` and how each one's model is obtained.
+
+Every quantization-aware method starts from the same float reference checkpoint and is
+fine-tuned with the same steps, learning rate, data and data order (``dynaquant_brevitas.train``:
+``TrainConfig`` / ``train()``, or for Brevitas's stock quantizers a loop made of the same
+``train.py`` pieces: ``build_float_model``, ``batches_from``, ``train_step``, checkpoints).
+The fixed-precision layers (first module of ``g_a``/``g_s``, hyper transforms) stay at 8 bits
+in every quantized method; GDN/IGDN and the entropy models stay float (the plan of
+``dynaquant_brevitas.transform.plan_quantization``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from dynaquant_brevitas.checkpoint import load_checkpoint, save_atomic, weights_only
+from dynaquant_brevitas.config import DynaQuantConfig
+from dynaquant_brevitas.train import TrainConfig
+
+#: the training module (``dynaquant_brevitas.train`` as an attribute is the ``train`` function)
+T = importlib.import_module("dynaquant_brevitas.train")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison.
+
+    Attributes:
+        name: the row's name.
+        kind: ``float`` (the reference itself), ``dynaquant`` (``dynaquantize`` + QAT with
+            ``train()``), ``brevitas`` (Brevitas's stock int8 quantizers + QAT) or ``ptq``
+            (``dynaquantize`` + calibration, no training).
+        description: one line for the tables.
+        quant: ``DynaQuantConfig`` fields (``dynaquant`` and ``ptq`` kinds).
+    """
+
+    name: str
+    kind: str
+    description: str
+    quant: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trained(self) -> bool:
+        return self.kind in ("dynaquant", "brevitas")
+
+    @property
+    def dynamic(self) -> bool:
+        return len(self.quant.get("candidate_bits", ())) > 1
+
+    def spec(self) -> Dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "quant": self.quant}
+
+
+def _dq(candidates, **extra) -> Dict[str, Any]:
+    return {"candidate_bits": list(candidates), "fixed_bits": 8, **extra}
+
+
+METHODS: List[Method] = [
+    Method("float", "float", "float reference (the anchor)"),
+    Method(
+        "brevitas-int8",
+        "brevitas",
+        "Brevitas stock int8: Int8WeightPerChannelFloat weights, Int8ActPerTensorFloat inputs, STE",
+    ),
+    Method("lsq-int6", "dynaquant", "LSQ int6: learned per-channel step, STE, no offsets",
+           _dq((6,), estimator="ste", learn_offset=False)),
+    Method("lsq-int4", "dynaquant", "LSQ int4: learned per-channel step, STE, no offsets",
+           _dq((4,), estimator="ste", learn_offset=False)),
+    Method("dynaquant-int8", "dynaquant", "DynaQuant static int8: content-aware scale and offset, DGM", _dq((8,))),
+    Method("dynaquant-int6", "dynaquant", "DynaQuant static int6: content-aware scale and offset, DGM", _dq((6,))),
+    Method("dynaquant-dyn-468-t6", "dynaquant", "DynaQuant dynamic {4,6,8}, target 6.0 bits",
+           _dq((4, 6, 8), target_bits=6.0)),
+    Method("dynaquant-dyn-468-t5", "dynaquant", "DynaQuant dynamic {4,6,8}, target 5.0 bits",
+           _dq((4, 6, 8), target_bits=5.0)),
+    Method("dynaquant-dyn-6810-t7", "dynaquant", "DynaQuant dynamic {6,8,10}, target 7.0 bits",
+           _dq((6, 8, 10), target_bits=7.0)),
+    Method("dynaquant-dyn-6810-t8", "dynaquant", "DynaQuant dynamic {6,8,10}, target 8.0 bits",
+           _dq((6, 8, 10), target_bits=8.0)),
+    Method("ablation-int8-ste", "dynaquant", "ablation: DynaQuant int8 with STE instead of DGM",
+           _dq((8,), estimator="ste")),
+    Method("ablation-int8-no-offset", "dynaquant", "ablation: DynaQuant int8 without learned offsets",
+           _dq((8,), learn_offset=False)),
+    Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
+           _dq((8,), learn_scale=False)),
+    Method("ptq-int8", "ptq", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
+]
+
+BY_NAME = {m.name: m for m in METHODS}
+
+
+def select(names: Optional[str]) -> List[Method]:
+    """The methods named in a comma-separated list (all when ``None``), in table order."""
+    if not names:
+        return list(METHODS)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(BY_NAME)}")
+    return [m for m in METHODS if m.name in wanted]
+
+
+# --------------------------------------------------------------------------- training configs
+
+
+def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any], output: Path) -> TrainConfig:
+    """The ``TrainConfig`` of one (method, quality): identical for every method but ``quant.config``."""
+    steps = int(train["steps"])
+    quant = None
+    if method.kind in ("dynaquant", "ptq"):
+        quant = dict(method.quant)
+        if len(quant["candidate_bits"]) > 1:
+            # the Gumbel temperature reaches its end value at 80 % of the run, as in configs/dynaquant
+            quant["tau_decay_steps"] = max(1, int(0.8 * steps))
+    return TrainConfig.from_dict(
+        {
+            "data": {"root": str(train["data"]), "patch_size": int(train["patch_size"]),
+                     "batch_size": int(train["batch_size"]), "workers": 0},
+            "train": {
+                "init_from": str(reference["checkpoint"]),
+                "steps": steps,
+                "lr": float(train["lr"]),
+                "aux_lr": 1e-3,
+                "lr_drop_at": 0.8,
+                "lr_drop_factor": 0.1,
+                "lmbda": float(reference["lmbda"]),
+                "metric": "mse",
+                "clip_max_norm": 1.0,
+                "seed": int(train["seed"]),
+                "checkpoint_every": min(500, steps),
+                "log_every": min(50, steps),
+                "output": str(output),
+                "device": "cpu",
+                "threads": 1,
+                "progress": False,
+            },
+            "quant": {"config": quant, "calibration_batches": int(train["calibration_batches"])},
+        }
+    )
+
+
+# --------------------------------------------------------------------------- Brevitas stock int8
+
+
+def quantized_layer_names(model: nn.Module) -> List[str]:
+    """The layers DynaQuant quantizes (fixed and dynamic ones), from its own plan."""
+    from dynaquant_brevitas.plugins import DECODER, ENCODER
+    from dynaquant_brevitas.transform import plan_quantization
+
+    plan = plan_quantization(model, DynaQuantConfig(candidate_bits=(8,)))
+    return plan.fixed + plan.dynamic[ENCODER] + plan.dynamic[DECODER]
+
+
+def brevitas_int8(model: nn.Module) -> nn.Module:
+    """Swap DynaQuant's layers for Brevitas's stock int8 layers, in place; weights are copied.
+
+    Weights ``Int8WeightPerChannelFloat`` (per output channel, scale from ``max |w|``), inputs
+    ``Int8ActPerTensorFloat`` (per tensor, scale from percentile statistics, then learned),
+    straight-through rounding; outputs stay float so GDN and the entropy models see plain tensors.
+    """
+    from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantLinear
+    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
+
+    quant = dict(weight_quant=Int8WeightPerChannelFloat, input_quant=Int8ActPerTensorFloat,
+                 return_quant_tensor=False)
+    for name in quantized_layer_names(model):
+        f = model.get_submodule(name)
+        bias = f.bias is not None
+        if type(f) is nn.ConvTranspose2d:
+            q = QuantConvTranspose2d(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride,
+                                     padding=f.padding, output_padding=f.output_padding, dilation=f.dilation,
+                                     groups=f.groups, bias=bias, **quant)
+        elif type(f) is nn.Conv2d:
+            q = QuantConv2d(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride, padding=f.padding,
+                            dilation=f.dilation, groups=f.groups, padding_mode=f.padding_mode, bias=bias, **quant)
+        elif type(f) is nn.Linear:
+            q = QuantLinear(f.in_features, f.out_features, bias=bias, **quant)
+        else:
+            raise TypeError(f"brevitas-int8 baseline: no stock Brevitas layer for {name} ({type(f).__name__})")
+        q.to(f.weight.device)
+        with torch.no_grad():
+            q.weight.copy_(f.weight)
+            if bias:
+                q.bias.copy_(f.bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, q)
+    return model
+
+
+def quantized_layer_names_of(model: nn.Module) -> List[str]:
+    from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+
+    return [n for n, m in model.named_modules() if isinstance(m, QuantWeightBiasInputOutputLayer)]
+
+
+@torch.no_grad()
+def calibrate_brevitas(model: nn.Module, samples) -> None:
+    """Brevitas's own calibration (``calibration_mode``) of the activation scales.
+
+    Entered per quantized layer: CompressAI's ``EntropyBottleneck`` has a float ``init_scale``
+    attribute that Brevitas's whole-model finalisation would try to call.
+    """
+    from brevitas.graph.calibrate import calibration_mode
+
+    was_training = model.training
+    model.eval()
+    with contextlib.ExitStack() as stack:
+        for name in quantized_layer_names_of(model):
+            stack.enter_context(calibration_mode(model.get_submodule(name)))
+        for x in samples:
+            model(x)
+    model.train(was_training)
+
+
+def brevitas_from_checkpoint(reference: str, checkpoint: Path) -> nn.Module:
+    """Rebuild a trained brevitas-int8 model: the float reference, swapped, with the trained weights."""
+    from dynaquant_brevitas.checkpoint import load_model
+
+    model = brevitas_int8(load_model(reference))
+    model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    return model.eval()
+
+
+def train_brevitas(cfg: TrainConfig) -> Path:
+    """Fine-tune the brevitas-int8 baseline like ``train()`` does; resumable; returns ``final.pt``."""
+    from dynaquant_brevitas.data import ImageFolderCrops
+
+    out = Path(cfg.train.output)
+    final, last = out / T.FINAL, out / T.LAST
+    if final.exists():
+        return final
+    ctx = T.Dist()
+    ckpt = load_checkpoint(last) if last.exists() else None
+    T.seed_everything(cfg.train.seed)
+    model, arch, kwargs = T.build_float_model(cfg)
+    T.seed_everything(cfg.train.seed)
+    dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
+    step0 = int(ckpt["step"]) if ckpt else 0
+    batches = T.batches_from(dataset, cfg, step0, ctx)
+    model = brevitas_int8(model)
+    if ckpt is None:
+        calibrate_brevitas(model, [next(batches) for _ in range(cfg.quant.calibration_batches)])
+        batches = T.batches_from(dataset, cfg, step0, ctx)  # calibration consumed batches, as in train()
+    state = T._make_state(model, cfg, arch, kwargs)
+    if ckpt is not None:
+        T.restore_state(state, ckpt, ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    logs: Dict[str, float] = {}
+    start = time.time()
+    while state.step < cfg.train.steps:
+        logs = T.train_step(state, next(batches), cfg)
+        state.step += 1
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+            T._append_log(out, state, logs, time.time() - start)
+        if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps:
+            T.save_state(state, cfg, ctx, last)
+    save_atomic(weights_only(load_checkpoint(last)), final)
+    return final
+
+
+# --------------------------------------------------------------------------- models per method
+
+
+def train_dynaquant(cfg: TrainConfig) -> Path:
+    """``dynaquant_brevitas.train.train`` (resuming an interrupted run); returns ``final.pt``."""
+    from dynaquant_brevitas.train import FINAL, LAST, train
+
+    out = Path(cfg.train.output)
+    if not (out / FINAL).exists():
+        train(cfg, resume=(out / LAST).exists())
+    return out / FINAL
+
+
+def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig]) -> Dict[str, Any]:
+    """The evaluable model of one (method, quality), training it first if needed.
+
+    Returns ``{"model", "checkpoint", "train_seconds"}``; ``train_seconds`` is the wall time of
+    the fine-tuning (stored beside the run, so a cached run keeps it), ``None`` without training.
+    """
+    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.evaluate import prepare_for_coding
+
+    if method.kind == "float":
+        return {"model": prepare_for_coding(load_model(reference["checkpoint"])), "checkpoint": reference["checkpoint"],
+                "train_seconds": None}
+    if method.kind == "ptq":
+        from dynaquant_brevitas.data import ImageFolderCrops
+
+        T.seed_everything(cfg.train.seed)
+        dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
+        batches = T.batches_from(dataset, cfg, 0, T.Dist())
+        model = T.quantize_for_training(load_model(reference["checkpoint"]), cfg, batches, calibrate_=True)
+        return {"model": prepare_for_coding(model), "checkpoint": None, "train_seconds": None}
+    out = Path(cfg.train.output)
+    timing = out / "bench_train.json"
+    start = time.time()
+    trained_now = not (out / "final.pt").exists()
+    if method.kind == "brevitas":
+        final = train_brevitas(cfg)
+        model = brevitas_from_checkpoint(reference["checkpoint"], final)
+    else:
+        final = train_dynaquant(cfg)
+        model = load_model(final)
+    if trained_now:
+        timing.write_text(json.dumps({"train_seconds": time.time() - start, "steps": cfg.train.steps}))
+    seconds = json.loads(timing.read_text())["train_seconds"] if timing.exists() else None
+    return {"model": prepare_for_coding(model), "checkpoint": str(final), "train_seconds": seconds}
+
+
+def fresh_quantized(method: Method, float_model: nn.Module, cfg: TrainConfig, samples) -> nn.Module:
+    """An untrained quantized copy of ``float_model`` for ``method`` (for step timings)."""
+    import copy
+
+    from dynaquant_brevitas import calibrate, dynaquantize
+
+    model = copy.deepcopy(float_model)
+    if method.kind == "brevitas":
+        model = brevitas_int8(model)
+        calibrate_brevitas(model, samples)
+    else:
+        model = dynaquantize(model, cfg.dynaquant_config())
+        calibrate(model, samples)
+    return model
