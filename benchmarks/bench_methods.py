@@ -98,8 +98,8 @@ BY_NAME = {m.name: m for m in METHODS}
 
 
 def select(names: Optional[str]) -> List[Method]:
-    """The methods named in a comma-separated list (all when ``None``), in table order."""
-    if not names:
+    """The methods named in a comma-separated list (all when ``None`` or ``"all"``), in table order."""
+    if not names or names.strip() == "all":
         return list(METHODS)
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in BY_NAME]
