@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dynaquant-installed
 
-.PHONY: setup demo test docs clean
+.PHONY: setup demo test docs clean bench bench-quick
 
 setup: $(STAMP)
 
@@ -24,6 +24,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n 2 -q
+
+# Comparison against baselines (benchmarks/run.py): every method fine-tuned from the float
+# references, Kodak with real bitstreams, bits, packed size, latency, step time. The full run takes
+# hours on one core and resumes where it stopped; it writes benchmarks/results/summary.{json,md}.
+bench: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py
+
+# Smoke test of the same pipeline (2 steps, 2 Kodak crops, one reference), into runs/bench-quick.
+bench-quick: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --quick --output runs/bench-quick
 
 docs: setup
 	$(PY) -m mkdocs build --strict --site-dir site
