@@ -3,24 +3,32 @@
 * ``<!-- dynaquant:cli -->``: ``--help`` of the ``dynaquant`` command and every subcommand;
 * ``<!-- dynaquant:registry -->``: what ``dynaquant plugins`` lists (built-ins and any installed plugin);
 * ``<!-- dynaquant:results -->``: every committed results file (``benchmarks/results/*.json``,
-  ``dynaquant eval`` results beside the reference checkpoints), its scalar values.
+  ``dynaquant eval`` results beside the reference checkpoints), its scalar values;
+* ``<!-- dynaquant:comparison -->``: the methods of ``benchmarks/run.py`` and, once committed,
+  its ``benchmarks/results/summary.json`` as the comparison table (the same renderer writes
+  ``summary.md``), with the meaning of every field.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ("checkpoints/reference/*.json", "benchmarks/results/*.json")
 MAX_ROWS = 80
+COMPARISON = "benchmarks/results/summary.json"  # rendered as a table, not as key/value pairs
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    for marker, render in (("cli", cli_reference), ("registry", registry_table), ("results", results_tables)):
+    renderers = (("cli", cli_reference), ("registry", registry_table), ("results", results_tables),
+                 ("comparison", comparison_section))
+    for marker, render in renderers:
         tag = f"<!-- dynaquant:{marker} -->"
         if tag in markdown:
             markdown = markdown.replace(tag, render())
@@ -75,6 +83,8 @@ def results_tables() -> str:
     parts = []
     for path in committed_results():
         rel = path.relative_to(ROOT).as_posix()
+        if rel == COMPARISON:
+            continue
         rows = list(scalars(json.loads(path.read_text())))
         parts += [f"### `{rel}`", "", "| key | value |", "|---|---|"]
         for key, value in rows[:MAX_ROWS]:
@@ -84,3 +94,38 @@ def results_tables() -> str:
             parts.append(f"| ... | {len(rows) - MAX_ROWS} more entries in `{rel}` |")
         parts.append("")
     return "\n".join(parts) if parts else "No results file is committed yet."
+
+
+def _benchmark_module(name: str) -> Any:
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)  # the benchmark modules import each other by name
+    try:
+        spec = importlib.util.spec_from_file_location(f"_docs_{name}", ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(folder)
+
+
+def comparison_section() -> str:
+    methods = _benchmark_module("bench_methods")
+    report = _benchmark_module("bench_report")
+    parts = ["### Methods", "", "| method | what |", "|---|---|"]
+    parts += [f"| `{m.name}` | {m.description} |" for m in methods.METHODS]
+    parts += ["", "### Results", ""]
+    summary_path = ROOT / COMPARISON
+    if summary_path in committed_results():
+        summary = json.loads(summary_path.read_text())
+        parts += [report.markdown_table(summary), ""]
+    else:
+        parts += [
+            "No full run is committed yet (`benchmarks/results/summary.json` is absent): the reference family "
+            "q2-q5 is still being trained, and the run takes hours. `make bench` produces it; "
+            "`make bench-quick` runs the same pipeline in a minute or two on tiny settings.",
+            "",
+        ]
+    parts += ["### Fields of `summary.json`", "", "| field | meaning and measurement |", "|---|---|"]
+    parts += [f"| `{name}` | {text} |" for name, text in report.FIELDS.items()]
+    return "\n".join(parts)
