@@ -43,13 +43,19 @@ def test_fused_equals_plain_autograd(beta, per_sample):
 
 def test_compiled_kernels_equal_eager_kernels():
     inputs = case(per_sample=True)
+    upstream = torch.randn_like(inputs[0])
     eager = grads(fake_quant.fake_quantize, *inputs, 1.0)
+    eager_mixture = fake_quant.mixture_gradient(inputs[0], upstream, *inputs[1:])
     fake_quant.use_compiled_kernels(True)
     try:
         assert fake_quant.compiled_kernels_enabled()
         compiled = grads(fake_quant.fake_quantize, *inputs, 1.0)
+        compiled_mixture = fake_quant.mixture_gradient(inputs[0], upstream, *inputs[1:])
     finally:
         fake_quant.use_compiled_kernels(False)
     assert not fake_quant.compiled_kernels_enabled()
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    expected = (upstream * fake_quant.fake_quantize(*inputs)).flatten(1).sum(1).detach()
+    torch.testing.assert_close(eager_mixture, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(compiled_mixture, expected, rtol=1e-9, atol=1e-9)

@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["compiled_kernels_enabled", "fake_quantize", "quantize_dequantize", "use_compiled_kernels"]
+__all__ = ["compiled_kernels_enabled", "fake_quantize", "mixture_gradient", "use_compiled_kernels"]
 
 GradMultiplier = Callable[[Tensor], Optional[Tensor]]
 
@@ -90,7 +90,16 @@ def _backward_with_multiplier(x, scale, zero_point, qmin, qmax, grad, multiplier
     return grad_x, grad_scale, grad_zero_point
 
 
-_kernels = {"forward": _forward, "backward": _backward}
+def _mixture_gradient(x: Tensor, grad: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """``(N,)``: per sample, the dot product of ``grad`` with the quantized ``x``."""
+    return torch.linalg.vecdot(grad.flatten(1), _forward(x, scale, zero_point, qmin, qmax).flatten(1))
+
+
+def _pure_mixture_gradient(x, grad, scale, zero_point, qmin, qmax):
+    return (grad * _pure_forward(x, scale, zero_point, qmin, qmax)).flatten(1).sum(1)
+
+
+_kernels = {"forward": _forward, "backward": _backward, "mixture": _mixture_gradient}
 _compiled: dict = {}
 
 
@@ -100,9 +109,10 @@ def use_compiled_kernels(enabled: bool = True) -> None:
         if not _compiled:
             _compiled["forward"] = torch.compile(_pure_forward, dynamic=True)
             _compiled["backward"] = torch.compile(_backward, dynamic=True)
+            _compiled["mixture"] = torch.compile(_pure_mixture_gradient, dynamic=True)
         _kernels.update(_compiled)
     else:
-        _kernels.update(forward=_forward, backward=_backward)
+        _kernels.update(forward=_forward, backward=_backward, mixture=_mixture_gradient)
 
 
 def compiled_kernels_enabled() -> bool:
@@ -113,10 +123,11 @@ def _pure_forward(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qm
     return (torch.clamp(torch.round(x / scale + zero_point), qmin, qmax) - zero_point) * scale
 
 
-def quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
-    """The forward value of :func:`fake_quantize` without autograd (current kernels)."""
+def mixture_gradient(x: Tensor, grad: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """``(N,)`` gradient of one candidate's selection weight in ``sum_k w_nk Q_k(x)``:
+    ``<grad_n, Q_k(x)_n>``, one fused pass with the compiled kernels."""
     with torch.no_grad():
-        return _kernels["forward"](x, scale, zero_point, qmin, qmax)
+        return _kernels["mixture"](x, grad, scale, zero_point, qmin, qmax)
 
 
 class _FakeQuantize(torch.autograd.Function):

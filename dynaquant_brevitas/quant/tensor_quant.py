@@ -43,7 +43,7 @@ from brevitas.function.ops import tensor_clamp
 from torch import Tensor, nn
 
 from ..gradients import DGMRound, STERound
-from .fake_quant import fake_quantize, quantize_dequantize
+from .fake_quant import fake_quantize, mixture_gradient
 
 __all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
 
@@ -130,9 +130,7 @@ class _SelectionGradient(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         grad_w = None
         if ctx.needs_input_grad[1]:
-            dims = tuple(range(1, x.dim()))
-            columns = [(grad * quantize_dequantize(x, *grid)).sum(dim=dims) for grid in ctx.grids]
-            grad_w = torch.stack(columns, dim=1)
+            grad_w = torch.stack([mixture_gradient(x, grad, *grid) for grid in ctx.grids], dim=1)
         return grad, grad_w, None, None
 
 
