@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The reference ScaleHyperprior family as one RD curve on Kodak, and its BD-rates against JPEG, WebP
+# and CompressAI's pretrained hyperprior (Akima):
+#   scripts/evaluate_family.sh   ->  checkpoints/reference/family.kodak.json, family-rd.{png,pdf}, family-bd.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=checkpoints/reference
+ARGS=()
+for q in 2 3 4 5; do ARGS+=(--checkpoint "$OUT/bmshj2018-hyperprior-N64-M96-q$q.pt"); done
+"$PY" -m dynaquant_brevitas eval "${ARGS[@]}" --images ../shared/data/kodak -o "$OUT/family.kodak.json" \
+    --threads 1 --name "ScaleHyperprior(64,96) reference family (ours)" \
+    --description "dynaquant train on ../shared/data/train, lambda 0.0035/0.0067/0.013/0.025; real bitstreams, CPU" \
+    2>&1 | grep -v -i warn | tail -1
+: > "$OUT/family-bd.txt"
+for anchor in jpeg webp compressai-bmshj2018-hyperprior_mse_cpu; do
+    "$PY" -m dynaquant_brevitas plot "$OUT/family.kodak.json" --reference jpeg --reference webp \
+        --reference compressai-bmshj2018-hyperprior_mse_cpu --anchor "$anchor" -o "$OUT/family" \
+        2>&1 | grep -v -i warn | tee -a "$OUT/family-bd.txt"
+done
