@@ -252,8 +252,16 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]], parts: Tu
     """
     from dynaquant_brevitas.transform import dynaquant_layers, freeze
 
-    notes: Dict[str, Any] = {"bits_capped_to_8": {}, "zero_points_fractional": 0, "zero_points_outside_int8": 0}
+    notes: Dict[str, Any] = {
+        "containers": "QuantizeLinear/DequantizeLinear in int8 (signed) or uint8 containers; widths below 8 "
+        "add a Clip to the b-bit range; widths above 8 are exported at 8 (bits_capped_to_8)",
+        "exported_bits": {},
+        "bits_capped_to_8": {},
+        "zero_points_fractional": 0,
+        "zero_points_outside_int8": 0,
+    }
     if not _dynaquant_layers(model):
+        notes["exported_bits"] = _exported_bits(model, parts)
         return Deployable(model, model, model, {}, notes)
     frozen = (freeze(model, profile or "max") if hasattr(model, "dynaquant") else model).eval()
     reference = copy.deepcopy(frozen)
@@ -261,6 +269,7 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]], parts: Tu
         if name.split(".")[0] in parts and layer.bit_width > 8:
             notes["bits_capped_to_8"][name] = layer.bit_width
             layer.set_bit_width(8)
+    notes["exported_bits"] = _exported_bits(reference, parts)
     deploy = copy.deepcopy(reference)
     shifts: Dict[str, np.ndarray] = {}
     for name, layer in dynaquant_layers(deploy):
@@ -282,6 +291,13 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]], parts: Tu
                 shifts[name] = (scale * (zero - integer)).reshape(shape).cpu().numpy().astype(np.float32)
             quant.offset.data = -integer * scale
     return Deployable(frozen, reference, deploy, shifts, notes)
+
+
+def _exported_bits(model: nn.Module, parts: Tuple[str, ...]) -> Dict[str, int]:
+    from dynaquant_brevitas.packing import quantized_weight_layers
+
+    return {name: int(layer.quant_weight().bit_width) for name, layer in quantized_weight_layers(model)
+            if name.split(".")[0] in parts}
 
 
 def add_zero_point_shifts(path: Path, part: str, shifts: Mapping[str, np.ndarray]) -> int:
