@@ -8,6 +8,12 @@ A checkpoint is a plain dict saved with :func:`torch.save`::
      "train_config": {...}, "step": 1000,
      "optimizers": {...}, "scheduler": {...}, "rng": {...}}   # resume only
 
+Besides its own checkpoints, :func:`load_any` (used by ``load_model``, ``eval``, ``encode``,
+``decode``) reads a plain CompressAI state dict saved with ``torch.save(model.state_dict())``,
+also nested under ``state_dict``/``model``/``model_state_dict``/``net`` (as CompressAI's
+training example saves it) and with DataParallel/DDP ``module.`` prefixes; the architecture is
+the one given, or the only CompressAI architecture the tensors fit.
+
 Example:
     >>> import tempfile, os
     >>> model = build_model("bmshj2018-factorized", {"N": 8, "M": 12})
@@ -20,9 +26,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,11 @@ from torch import nn
 
 FORMAT = "dynaquant-checkpoint"
 VERSION = 1
+#: Keys under which training scripts commonly nest a model's state dict.
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+#: Entropy-coder buffers whose shape follows ``update()``; CompressAI's ``load_state_dict`` resizes them.
+_CODER_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(RuntimeError):
@@ -151,40 +165,269 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Loads with ``weights_only=True``: tensors and plain data only, never arbitrary pickled code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain data; not unpickling it "
-            f"(torch.load weights_only): {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dynaquant checkpoint (missing format tag)")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> nn.Module:
-    """Rebuild the (possibly dynaquantized) model stored in a loaded checkpoint, in eval mode."""
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line :class:`CheckpointError` for unusable files."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(_unpickling_message(path, err)) from err
+    except Exception as err:  # torch raises several types for truncated/corrupt files
+        with open(path, "rb") as f:
+            damaged = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        if damaged:
+            raise CheckpointError(
+                f"{path} is truncated or damaged (torch cannot read its archive: {_first_line(err)})"
+            ) from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not written by torch.save)") from err
+
+
+def _unpickling_message(path: Path, err: BaseException) -> str:
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if not unsupported:
+        return f"{path} is not a PyTorch checkpoint (not written by torch.save)"
+    return (
+        f"{path} holds Python objects other than tensors and plain data; not unpickling it "
+        f"(torch.load weights_only refuses {unsupported.group(1)})"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def load_any(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
+    """A dynaquant checkpoint, or a CompressAI state dict wrapped as one (see the module docs).
+
+    ``arch`` names the architecture of a bare state dict (inferred when ``None``); for a
+    dynaquant checkpoint it must agree with the stored one.
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        if arch is not None and arch != obj.get("arch"):
+            raise CheckpointError(f"{path} holds a {obj.get('arch')} model, not {arch}")
+        return dict(obj)
+    state = strip_wrappers(find_state_dict(obj, path), path)
+    name, kwargs = infer_architecture(state, path, arch)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": name,
+        "model_kwargs": kwargs,
+        "state_dict": state,
+        "dynaquant": None,
+        "step": None,
+    }
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def find_state_dict(obj: Any, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of ``obj``: ``obj`` itself or what it nests under one of :data:`NESTED_KEYS`."""
+    for _ in range(3):
+        if _is_state_dict(obj):
+            return dict(obj)
+        nested = [k for k in NESTED_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+        if len(nested) > 1:
+            raise CheckpointError(f"{source} is ambiguous: it nests state dicts under {', '.join(nested)}")
+        if not nested:
+            break
+        obj = obj[nested[0]]
+    raise CheckpointError(
+        f"{source} is neither a dynaquant checkpoint nor a model state dict "
+        f"(no format tag, no tensors at the top or under {', '.join(NESTED_KEYS)})"
+    )
+
+
+def strip_wrappers(
+    state: Mapping[str, torch.Tensor], source: str | os.PathLike = "state_dict"
+) -> dict[str, torch.Tensor]:
+    """``state`` without DataParallel/DDP ``module.`` prefixes, with CompressAI's legacy key names updated."""
+    from compressai.zoo.pretrained import rename_key
+
+    state = dict(state)
+    prefix = "module."
+    while state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    if any(k.startswith(prefix) for k in state):
+        raise CheckpointError(f"{source}: some keys start with {prefix!r} and others do not")
+    return {rename_key(k): v for k, v in state.items()}
+
+
+class _Built(Exception):
+    """Raised by a probe constructor to capture the arguments ``from_state_dict`` would use."""
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.call = (args, kwargs)
+
+
+def constructor_kwargs(cls: type[nn.Module], state: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+    """The constructor arguments ``cls.from_state_dict(state)`` infers, without building (None if it cannot)."""
+    if not callable(getattr(cls, "from_state_dict", None)):
+        return None
+
+    def capture(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise _Built(args, kwargs)
+
+    probe = type(f"_Probe{cls.__name__}", (cls,), {"__init__": capture})
+    try:
+        probe.from_state_dict(dict(state))
+    except _Built as built:
+        args, kwargs = built.call
+        bound = inspect.signature(cls).bind(*args, **kwargs)
+        return {**bound.kwargs, **dict(zip(inspect.signature(cls).parameters, bound.args))}
+    except Exception:  # its size inference reads keys this state dict does not have
+        return None
+    return None
+
+
+def infer_architecture(
+    state: Mapping[str, torch.Tensor], source: str | os.PathLike = "checkpoint", arch: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(arch, model_kwargs)`` of the CompressAI architecture whose keys and shapes ``state`` fits.
+
+    With ``arch`` given, only that one is tried; without, every image architecture is, and more
+    than one fit is refused as ambiguous.
+    """
+    if arch is not None and arch not in architectures():
+        build_model(arch)  # raises the unknown-architecture error naming the known ones
+    fits, problems = [], {}
+    for name in [arch] if arch is not None else _architecture_names():
+        trial = _try_architecture(name, state)
+        if trial is None:
+            continue
+        kwargs, problems[name] = trial
+        if not any(problems[name]):
+            fits.append((name, kwargs))
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        names = ", ".join(n for n, _ in fits)
+        raise CheckpointError(f"{source} fits several architectures ({names}); name one (--arch)")
+    if problems:
+        name = min(problems, key=lambda n: sum(map(len, problems[n])))
+        raise CheckpointError(f"{source} does not fit {name}: {_describe(*problems[name])}")
+    what = f"architecture {arch}" if arch else "any CompressAI image architecture"
+    raise CheckpointError(f"{source}: cannot infer the constructor arguments of {what} from its tensors")
+
+
+def _try_architecture(name: str, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], tuple] | None:
+    """The inferred constructor arguments of ``name`` and the mismatches of ``state`` (None if not sizable)."""
+    kwargs = constructor_kwargs(architectures()[name], state)
+    if kwargs is None:
+        return None
+    try:
+        model = build_model(name, kwargs)
+    except (CheckpointError, ValueError, RuntimeError):
+        return None
+    return kwargs, _mismatch(model, state)
+
+
+def _architecture_names() -> list[str]:
+    """One name per CompressAI class that can size itself from a state dict."""
+    names: dict[type, str] = {}
+    for name, cls in sorted(architectures().items()):
+        names.setdefault(cls, name)
+    return [name for cls, name in names.items() if callable(getattr(cls, "from_state_dict", None))]
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Missing keys, unexpected keys and shape mismatches of ``state`` against ``model``."""
+    expected = model.state_dict()
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if k.rsplit(".", 1)[-1] not in _CODER_BUFFERS and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    return sorted(set(expected) - set(state)), sorted(set(state) - set(expected)), shapes
+
+
+def _describe(missing: list[str], unexpected: list[str], shapes: list[str], limit: int = 5) -> str:
+    labels = ("missing keys", "unexpected keys", "shape mismatches (checkpoint vs model)")
+    groups = zip(labels, (missing, unexpected, shapes))
+    parts = [f"{label}: {_listed(items, limit)}" for label, items in groups if items]
+    return "; ".join(parts)
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into ``model`` (missing/unexpected keys, shapes); '' if nothing."""
+    return _describe(*_mismatch(model, state))
+
+
+def _listed(items: list[str], limit: int) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = "the model") -> None:
+    """``model.load_state_dict(state)`` with a one-line :class:`CheckpointError` naming what does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        problem = state_dict_mismatch(model, state) or _first_line(err)
+        raise CheckpointError(f"state_dict does not fit {what}: {problem}") from err
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers holding NaN or inf."""
+    return [
+        name
+        for name, t in unwrap(model).state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def check_finite(model: nn.Module, what: str = "model") -> None:
+    """Raise :class:`CheckpointError` if any parameter or buffer holds NaN or inf."""
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise CheckpointError(f"{what} has NaN or inf values in {_listed(bad, 5)}")
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], source: str | os.PathLike | None = None) -> nn.Module:
+    """Rebuild the (possibly dynaquantized) model stored in a loaded checkpoint, in eval mode.
+
+    Refuses state dicts that do not fit (naming missing and unexpected keys and shape
+    mismatches) and weights holding NaN or inf; ``source`` (the file) prefixes the message.
+    """
     model = build_model(ckpt["arch"], ckpt["model_kwargs"])
     if ckpt.get("dynaquant") is not None:
         from .config import DynaQuantConfig
         from .transform import dynaquantize
 
         model = dynaquantize(model, DynaQuantConfig.from_dict(ckpt["dynaquant"]))
+    what = f"{ckpt['arch']}{dict(ckpt['model_kwargs'])}"
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"state_dict does not fit {ckpt['arch']}{ckpt['model_kwargs']}: {err}") from err
+        load_weights(model, strip_wrappers(ckpt["state_dict"]), what)
+        check_finite(model, "the checkpoint")
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}" if source else str(err)) from err
     return model.eval()
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
-    """``model_from_checkpoint(load_checkpoint(path))``."""
-    return model_from_checkpoint(load_checkpoint(path))
+def load_model(path: str | os.PathLike, arch: str | None = None) -> nn.Module:
+    """``model_from_checkpoint(load_any(path, arch))``: a dynaquant checkpoint or a CompressAI state dict."""
+    return model_from_checkpoint(load_any(path, arch), path)
 
 
 def state_dict_fingerprint(model: nn.Module, length: int = 16) -> bytes:

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 MAGIC = b"DQIC"
 FORMAT_VERSION = 1
 MODEL_ID_BYTES = 16
+#: Largest image a container may describe (height x width), so that a damaged or crafted header
+#: cannot make the decoder allocate without bound; 2**28 pixels is e.g. 16384 x 16384.
+MAX_PIXELS = 1 << 28
 _HEAD = struct.Struct(">4sB16sIIB")
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 
@@ -56,6 +59,9 @@ def pack(
     """Serialise bitstreams with their model id, image size and latent shape (adds a CRC32)."""
     if len(model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes, got {len(model_id)}")
+    problem = _check_header(tuple(size), list(shape))
+    if problem:
+        raise ValueError(f"cannot pack: {problem}")
     parts = [_HEAD.pack(MAGIC, FORMAT_VERSION, model_id, size[0], size[1], len(shape))]
     parts += [_U32.pack(int(d)) for d in shape]
     parts.append(_U8.pack(len(strings)))
@@ -84,6 +90,8 @@ class _Reader:
 
 def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
     """Parse and verify a container; raises :class:`ContainerError` with the reason if unusable."""
+    if not data:
+        raise ContainerError("empty file")
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise ContainerError("not a DynaQuant image file (bad magic bytes)")
     if len(data) < _HEAD.size + _U32.size:
@@ -111,4 +119,19 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
     strings = [[reader.take(n) for n in group] for group in lengths]
     if reader.pos != len(body):
         raise ContainerError("damaged file: unexpected trailing bytes")
+    problem = _check_header((height, width), shape)
+    if problem:
+        raise ContainerError(f"unusable file: {problem}")
     return Container(model_id, (height, width), shape, strings, version)
+
+
+def _check_header(size: tuple[int, int], shape: list[int]) -> str:
+    """Why an image size and latent shape cannot be decoded ('' if they can)."""
+    height, width = size
+    if height < 1 or width < 1:
+        return f"empty image size {width}x{height}"
+    if height * width > MAX_PIXELS:
+        return f"image size {width}x{height} exceeds the limit of {MAX_PIXELS} pixels"
+    if not shape or min(shape) < 1:
+        return f"invalid latent shape {shape}"
+    return ""

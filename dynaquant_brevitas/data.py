@@ -40,18 +40,48 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 
 
 def read_image_uint8(path: str | os.PathLike) -> torch.Tensor:
-    """An RGB image as a ``(3, H, W)`` uint8 tensor."""
+    """An image file as an RGB ``(3, H, W)`` uint8 tensor; raises :class:`DataError` naming the file.
+
+    Grayscale is replicated to three channels, palette images are expanded, alpha is dropped
+    (the colour values are kept as stored, as CompressAI's evaluation does), 16-bit samples keep
+    their most significant 8 bits, and only the first frame of a multi-frame file is read.
+    32-bit integer and floating-point images (modes ``I`` and ``F``) are refused: their range is
+    not defined.
+    """
     try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"cannot read image {path}: empty file")
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+            array = _rgb_uint8(img, path)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {_reason(err)}") from err
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _rgb_uint8(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an opened image as an ``(H, W, 3)`` uint8 array."""
+    if img.mode.startswith("I;16"):  # 16-bit grayscale: most significant byte, as Pillow does for RGB
+        gray = (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise DataError(
+            f"cannot read image {path}: {img.mode!r} pixels (32-bit integer or float) are not "
+            "supported; convert it to 8- or 16-bit RGB or grayscale"
+        )
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an error message (Pillow's can be long), or its type name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An RGB image as a ``(1, 3, H, W)`` float tensor in [0, 1]."""
-    return read_image_uint8(path).float().div(255.0).unsqueeze(0)
+    return read_image_uint8(path).float().div_(255.0).unsqueeze(0)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -60,9 +90,23 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def write_image(x: torch.Tensor, path: str | os.PathLike) -> None:
-    """Save a ``(1, 3, H, W)`` or ``(3, H, W)`` [0, 1] image as PNG (or by suffix)."""
+    """Save a ``(1, 3, H, W)`` or ``(3, H, W)`` [0, 1] image as PNG (or by suffix).
+
+    The file appears complete or not at all: Pillow writes a temporary file next to it, which
+    then replaces ``path``.
+    """
     x = to_uint8(x.squeeze(0) if x.dim() == 4 else x)
-    Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(path)
+    path = Path(path)
+    image = Image.fromarray(x.permute(1, 2, 0).cpu().numpy())
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"cannot write image {path}: unknown image file extension {path.suffix!r}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ImageFolderCrops(Dataset):

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from compressai.ops import compute_padding
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import check_finite, load_any, model_from_checkpoint
+from .container import ContainerError
 from .data import list_images, read_image, to_uint8
 from .metrics import ms_ssim, psnr
 
@@ -89,26 +90,34 @@ def load_zoo(spec: str) -> LoadedModel:
     )
 
 
-def load_for_eval(spec: str | os.PathLike) -> LoadedModel:
-    """A checkpoint path or a ``zoo:NAME:QUALITY[:METRIC]`` spec, as a model ready for coding."""
+def load_for_eval(spec: str | os.PathLike, arch: str | None = None) -> LoadedModel:
+    """A checkpoint path or a ``zoo:NAME:QUALITY[:METRIC]`` spec, as a model ready for coding.
+
+    A path may also hold a CompressAI state dict (see :func:`~dynaquant_brevitas.checkpoint.load_any`);
+    ``arch`` names its architecture when it cannot be inferred.
+    """
     spec = str(spec)
     if spec.startswith(ZOO_PREFIX):
         loaded = load_zoo(spec)
     else:
-        ckpt = load_checkpoint(spec)
+        ckpt = load_any(spec, arch)
         info = {
             "arch": ckpt["arch"],
             "model_kwargs": ckpt["model_kwargs"],
             "step": ckpt.get("step"),
             "dynaquant": ckpt.get("dynaquant"),
         }
-        loaded = LoadedModel(model_from_checkpoint(ckpt), Path(spec).stem, spec, info)
+        loaded = LoadedModel(model_from_checkpoint(ckpt, spec), Path(spec).stem, spec, info)
     prepare_for_coding(loaded.model)
     return loaded
 
 
 def prepare_for_coding(model: nn.Module) -> nn.Module:
-    """Eval mode and fresh entropy-coder tables (``model.update(force=True)``); returns the model."""
+    """Eval mode and fresh entropy-coder tables (``model.update(force=True)``); returns the model.
+
+    Refuses (:class:`~dynaquant_brevitas.checkpoint.CheckpointError`) weights holding NaN or inf.
+    """
+    check_finite(model)
     model.eval()
     model.update(force=True)
     return model
@@ -134,9 +143,22 @@ def _dynaquant_state(model: nn.Module) -> Any:
     return getattr(model, "dynaquant", None)
 
 
+def check_input(x: torch.Tensor) -> None:
+    """Raise :class:`EvalError` unless ``x`` is one finite ``(1, 3, H, W)`` image."""
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise EvalError(f"expected one RGB image of shape (1, 3, H, W), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise EvalError("the input image holds NaN or inf values")
+
+
 @torch.no_grad()
 def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
-    """Pad a ``(1, 3, H, W)`` image to a multiple of 64 and ``compress`` it."""
+    """Pad a ``(1, 3, H, W)`` image to a multiple of 64 and ``compress`` it.
+
+    Refuses inputs and weights holding NaN or inf before coding anything.
+    """
+    check_input(x)
+    check_finite(model)
     h, w = x.shape[-2:]
     pad, _ = compute_padding(h, w, min_div=PAD_MULTIPLE)
     state = _dynaquant_state(model)
@@ -151,10 +173,63 @@ def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
 def decode_image(
     model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]
 ) -> torch.Tensor:
-    """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1]."""
+    """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1].
+
+    Raises :class:`~dynaquant_brevitas.container.ContainerError` when the strings, latent shape
+    and size cannot come from this model (checked before and after decoding).
+    """
+    padded = _padded_size(size)
+    check_coded(strings, shape, padded)
+    tail = bytes(_rans_tail(strings, padded))
+    try:
+        out = model.decompress([[bytes(s) + tail for s in g] for g in strings], torch.Size(shape))
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError) as err:
+        raise ContainerError(f"the bitstreams do not fit this model: {type(err).__name__}: {err}") from err
+    x_hat = out["x_hat"]
+    if tuple(x_hat.shape[-2:]) != padded or not bool(torch.isfinite(x_hat).all()):
+        raise ContainerError(
+            f"the bitstreams do not fit this model: latent shape {list(shape)} decodes to "
+            f"{tuple(x_hat.shape[-2:])}, the image needs {padded}"
+        )
     _, unpad = compute_padding(size[0], size[1], min_div=PAD_MULTIPLE)
-    out = model.decompress([list(g) for g in strings], torch.Size(shape))
-    return F.pad(out["x_hat"], unpad).clamp(0, 1)
+    return F.pad(x_hat, unpad).clamp(0, 1)
+
+
+#: Every rANS string ends with the coder's 8-byte state flush, so shorter ones are damaged.
+RANS_MIN_BYTES = 8
+
+
+def _padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple(-(-int(side) // PAD_MULTIPLE) * PAD_MULTIPLE for side in size)  # type: ignore[return-value]
+
+
+def check_coded(strings: Sequence[Sequence[bytes]], shape: Sequence[int], padded: tuple[int, int]) -> None:
+    """Raise :class:`ContainerError` unless strings and latent shape fit one padded image.
+
+    One string per group (one image), each at least :data:`RANS_MIN_BYTES` long, and a 2-d
+    latent shape that divides the padded size by the same power of two along both sides.
+    """
+    if not strings or any(len(g) != 1 for g in strings):
+        raise ContainerError(f"expected one string per group for one image, got {[len(g) for g in strings]}")
+    if min(len(s) for g in strings for s in g) < RANS_MIN_BYTES:
+        raise ContainerError(f"damaged file: a bitstream is shorter than {RANS_MIN_BYTES} bytes")
+    ratios = {p / d for p, d in zip(padded, shape)} if len(shape) == 2 else set()
+    ratio = ratios.pop() if len(ratios) == 1 else 0.0
+    if not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
+        raise ContainerError(f"latent shape {list(shape)} does not fit an image padded to {padded}")
+
+
+def _rans_tail(strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> int:
+    """Zero bytes appended to every string before decoding.
+
+    CompressAI's rANS decoder reads its input without bounds checks, so a file whose strings are
+    too short for its latent shape (only possible with a recomputed CRC) would make it read
+    past the end; the tail covers one 32-bit word for up to 1.25 symbols per pixel (320 latent
+    channels at stride 16) and the bypass codes of a string's own bytes. Valid strings decode
+    the same with or without it.
+    """
+    longest = max(len(s) for g in strings for s in g)
+    return 5 * padded[0] * padded[1] + 16 * longest
 
 
 def chosen_bits(model: nn.Module) -> dict[str, Any] | None:
@@ -238,18 +313,20 @@ def evaluate(
     per_image: bool = False,
     device: str = "cpu",
     progress: bool = False,
+    arch: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate checkpoints (one rate-distortion point each) in CompressAI's result format.
 
     ``results`` holds CompressAI's lists (one entry per checkpoint) and, for DynaQuant models,
     ``avg_bits``; ``models`` describes each checkpoint; with ``per_image`` each model entry
-    also lists every image's bpp, quality, times and (dynamic models) per-layer bits.
+    also lists every image's bpp, quality, times and (dynamic models) per-layer bits. ``arch``
+    names the architecture of checkpoints that are bare CompressAI state dicts.
     """
     images = list_images(image_dir)
     results: dict[str, list[Any]] = {k: [] for k in SUMMARY_KEYS}
     models = []
     for spec in specs:
-        loaded = load_for_eval(spec)
+        loaded = load_for_eval(spec, arch)
         ev = evaluate_model(loaded, images, device, progress)
         for k in SUMMARY_KEYS:
             results[k].append(ev["summary"][k])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,26 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a configuration entry, e.g. --set train.lr=3e-4 (repeatable; value is YAML)",
     )
+
+
+def add_arch_argument(parser: argparse.ArgumentParser) -> None:
+    """``--arch NAME`` for checkpoints that are bare CompressAI state dicts."""
+    parser.add_argument(
+        "--arch",
+        metavar="NAME",
+        help="CompressAI architecture of a checkpoint that is a bare state dict "
+        "(default: inferred from its tensors; dynaquant checkpoints record it)",
+    )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so ``path`` is complete or absent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_yaml(path: Path | None) -> dict[str, Any]:

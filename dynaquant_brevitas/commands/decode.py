@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import UsageError, add_arch_argument
+
 HELP = "decompress a container file into an image (refuses damaged files and the wrong model)"
 
 
@@ -18,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model the file was encoded with"
     )
+    add_arch_argument(p)
     p.add_argument("file", type=Path, help="container file written by dynaquant encode")
     p.add_argument("-o", "--output", required=True, type=Path, help="image to write (PNG recommended)")
     return p
@@ -25,13 +28,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import state_dict_fingerprint
-    from ..container import unpack
+    from ..container import ContainerError, unpack
     from ..data import write_image
     from ..evaluate import decode_image, load_for_eval
 
-    data = args.file.read_bytes()
-    loaded = load_for_eval(args.checkpoint)
-    box = unpack(data, expected_model_id=state_dict_fingerprint(loaded.model))
-    write_image(decode_image(loaded.model, box.strings, box.shape, box.size), args.output)
+    try:
+        data = args.file.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {args.file}: {err.strerror or err}") from err
+    loaded = load_for_eval(args.checkpoint, args.arch)
+    try:
+        box = unpack(data, expected_model_id=state_dict_fingerprint(loaded.model))
+        x_hat = decode_image(loaded.model, box.strings, box.shape, box.size)
+    except ContainerError as err:
+        raise ContainerError(f"{args.file}: {err}") from err
+    write_image(x_hat, args.output)  # only a fully decoded image is written
     print(f"{args.output}: {box.size[1]}x{box.size[0]}")
     return 0

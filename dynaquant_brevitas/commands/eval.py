@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._common import add_arch_argument
+
 HELP = "evaluate checkpoints on an image folder with real bitstreams (CompressAI JSON)"
 
 EPILOG = """examples:
@@ -31,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="PATH|zoo:NAME:QUALITY[:METRIC]",
         help="checkpoint file or CompressAI zoo model; repeat for several rate-distortion points",
     )
+    add_arch_argument(p)
     p.add_argument("--images", required=True, type=Path, help="folder of images to code")
     p.add_argument("-o", "--output", required=True, type=Path, help="result JSON file to write")
     p.add_argument("--per-image", action="store_true", help="also record every image (and per-layer bits)")
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         per_image=args.per_image,
         device=args.device,
         progress=True,
+        arch=args.arch,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
