@@ -282,7 +282,7 @@ class _Built(Exception):
 
 
 def constructor_kwargs(cls: type[nn.Module], state: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
-    """The constructor arguments ``cls.from_state_dict(state)`` infers, without building (None if it cannot)."""
+    """The constructor arguments ``cls.from_state_dict(state)`` infers, without building (None if none)."""
     if not callable(getattr(cls, "from_state_dict", None)):
         return None
 
@@ -332,7 +332,7 @@ def infer_architecture(
 
 
 def _try_architecture(name: str, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, Any], tuple] | None:
-    """The inferred constructor arguments of ``name`` and the mismatches of ``state`` (None if not sizable)."""
+    """``name``'s constructor arguments inferred from ``state`` and its mismatches (None if not inferable)."""
     kwargs = constructor_kwargs(architectures()[name], state)
     if kwargs is None:
         return None
