@@ -152,20 +152,23 @@ RGB16 = RNG.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
 
 def _write_mode_images(folder: Path) -> dict[str, tuple[Path, np.ndarray]]:
     """Images in several modes and the RGB 8-bit pixels each must read as."""
-    palette = Image.fromarray(RGB).convert("P")
+    palette, cmyk = Image.fromarray(RGB).convert("P"), Image.fromarray(RGB).convert("CMYK")
+    gray = np.repeat(RGB[..., :1], 3, axis=2)
     cases = {
-        "gray": (Image.fromarray(RGB[..., 0]), np.repeat(RGB[..., :1], 3, axis=2)),
-        "rgba": (Image.fromarray(np.dstack([RGB, RGB[..., :1]])), RGB),  # alpha dropped, colours kept
-        "palette": (palette, np.asarray(palette.convert("RGB"))),
-        "bilevel": (Image.fromarray(RGB[..., 0] > 127), np.repeat((RGB[..., :1] > 127) * np.uint8(255), 3, 2)),
+        "gray.png": (Image.fromarray(RGB[..., 0]), gray),
+        "rgba.png": (Image.fromarray(np.dstack([RGB, RGB[..., :1]])), RGB),  # alpha dropped, colours kept
+        "la.png": (Image.fromarray(RGB[..., 0]).convert("LA"), gray),
+        "palette.png": (palette, np.asarray(palette.convert("RGB"))),
+        "bilevel.png": (Image.fromarray(RGB[..., 0] > 127), np.repeat((RGB[..., :1] > 127) * np.uint8(255), 3, 2)),
+        "cmyk.tif": (cmyk, np.asarray(cmyk.convert("RGB"))),
     }
     out = {}
     for name, (img, expected) in cases.items():
-        img.save(folder / f"{name}.png")
-        out[name] = (folder / f"{name}.png", expected)
+        img.save(folder / name)
+        out[name] = (folder / name, expected)
     high_byte = (GRAY16 >> 8).astype(np.uint8)[..., None]
-    out["gray16"] = (png16(folder / "gray16.png", GRAY16, 0), np.repeat(high_byte, 3, axis=2))
-    out["rgb16"] = (png16(folder / "rgb16.png", RGB16, 2), (RGB16 >> 8).astype(np.uint8))
+    out["gray16.png"] = (png16(folder / "gray16.png", GRAY16, 0), np.repeat(high_byte, 3, axis=2))
+    out["rgb16.png"] = (png16(folder / "rgb16.png", RGB16, 2), (RGB16 >> 8).astype(np.uint8))
     return out
 
 
