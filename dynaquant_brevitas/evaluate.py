@@ -296,7 +296,8 @@ def evaluate_model(
     from tqdm import tqdm
 
     model = loaded.model.to(device)
-    records = [evaluate_image(model, p, device) for p in tqdm(images, desc=loaded.name, disable=not progress)]
+    with tqdm(images, desc=loaded.name, disable=not progress) as bar:  # closed before any error prints
+        records = [evaluate_image(model, p, device) for p in bar]
     summary: dict[str, Any] = {k: _mean(r[k] for r in records) for k in SUMMARY_KEYS}
     bits = chosen_bits(model)  # the dynamic layers' names (the same for every image)
     if bits is not None:

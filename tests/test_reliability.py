@@ -230,6 +230,15 @@ def test_unreadable_images_are_refused_naming_the_file(ckpt: Path, tmp_path: Pat
         assert not output.exists()
 
 
+def test_eval_refuses_a_folder_holding_a_broken_image(ckpt: Path, tmp_path: Path, capsys) -> None:
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    status, err = cli(capsys, "eval", "--checkpoint", ckpt, "--images", tmp_path, "-o", tmp_path / "r.json")
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"dynaquant eval: error: cannot read image {tmp_path / 'b.png'}")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch) -> None:
     Image.fromarray(RGB).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # the 9x11 image is then more than twice too large
