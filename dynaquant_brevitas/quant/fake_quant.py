@@ -101,11 +101,15 @@ def _pure_mixture_gradient(x, grad, scale, zero_point, qmin, qmax):
 
 _kernels = {"forward": _forward, "backward": _backward, "mixture": _mixture_gradient}
 _compiled: dict = {}
+_RECOMPILE_LIMIT = 64
 
 
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Run the DGM/STE fake-quantization kernels compiled with ``torch.compile`` (or not)."""
     if enabled:
+        # one compiled variant per layout (per-tensor / per-channel / per-sample steps, ranks,
+        # size-1 dimensions): a codec needs more than dynamo's default of 8 per function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
         if not _compiled:
             _compiled["forward"] = torch.compile(_pure_forward, dynamic=True)
             _compiled["backward"] = torch.compile(_backward, dynamic=True)
@@ -127,7 +131,12 @@ def mixture_gradient(x: Tensor, grad: Tensor, scale: Tensor, zero_point: Tensor,
     """``(N,)`` gradient of one candidate's selection weight in ``sum_k w_nk Q_k(x)``:
     ``<grad_n, Q_k(x)_n>``, one fused pass with the compiled kernels."""
     with torch.no_grad():
-        return _kernels["mixture"](x, grad, scale, zero_point, qmin, qmax)
+        return _kernels["mixture"](*_plain(x, grad, scale, zero_point, qmin, qmax))
+
+
+def _plain(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    """Detached, with 0-d bounds made rank-1: fewer variants for ``torch.compile`` to specialise on."""
+    return tuple(t.detach().reshape(1) if t.dim() == 0 else t.detach() for t in tensors)
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -135,11 +144,11 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax, beta, multiplier):
         ctx.save_for_backward(x, scale, zero_point, qmin, qmax)
         ctx.beta, ctx.multiplier = beta, multiplier
-        return _kernels["forward"](x, scale, zero_point, qmin, qmax)
+        return _kernels["forward"](*_plain(x, scale, zero_point, qmin, qmax))
 
     @staticmethod
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
+        saved = _plain(*ctx.saved_tensors)
         if ctx.multiplier is not None:
             grads = _backward_with_multiplier(*saved, grad, ctx.multiplier)
         else:
