@@ -233,6 +233,14 @@ def load_any(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]
     }
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model tensors of a dynaquant checkpoint or of a (nested, prefixed) CompressAI state dict."""
+    obj = _torch_load(Path(path))
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        return dict(obj["state_dict"])
+    return strip_wrappers(find_state_dict(obj, path), path)
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping)

@@ -41,8 +41,11 @@ from torch.utils.data import DataLoader
 from .checkpoint import (
     CheckpointError,
     build_model,
+    load_any,
     load_checkpoint,
     make_checkpoint,
+    model_from_checkpoint,
+    read_state_dict,
     save_atomic,
     unwrap,
     weights_only,
@@ -433,18 +436,16 @@ def build_float_model(cfg: TrainConfig) -> tuple[nn.Module, str, dict[str, Any]]
     """The float model to train: fresh from ``model``, or initialised from ``train.init_from``."""
     if not cfg.train.init_from:
         return build_model(cfg.model.arch, cfg.model.kwargs), cfg.model.arch, dict(cfg.model.kwargs)
-    ckpt = load_checkpoint(cfg.train.init_from)
+    if cfg.train.init_partial:
+        model = build_model(cfg.model.arch, cfg.model.kwargs)
+        load_matching(model, read_state_dict(cfg.train.init_from))
+        return model, cfg.model.arch, dict(cfg.model.kwargs)
+    ckpt = load_any(cfg.train.init_from)  # ours, or a CompressAI state dict (architecture inferred)
     if ckpt.get("dynaquant") is not None:
         raise ConfigError(
             f"train.init_from {cfg.train.init_from} is already quantized; give a float checkpoint"
         )
-    if cfg.train.init_partial:
-        model = build_model(cfg.model.arch, cfg.model.kwargs)
-        load_matching(model, ckpt["state_dict"])
-        return model, cfg.model.arch, dict(cfg.model.kwargs)
-    model = build_model(ckpt["arch"], ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt["arch"], dict(ckpt["model_kwargs"])
+    return model_from_checkpoint(ckpt, cfg.train.init_from).train(), ckpt["arch"], dict(ckpt["model_kwargs"])
 
 
 def load_matching(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:

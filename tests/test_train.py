@@ -189,6 +189,18 @@ def test_init_from_a_related_architecture_copies_matching_tensors(float_run: Pat
     assert torch.equal(model.state_dict()["g_s.6.weight"], source["g_s.6.weight"])
 
 
+def test_init_from_a_plain_compressai_state_dict(float_run: Path, tmp_path: Path) -> None:
+    """Users fine-tune their own CompressAI weights: nested and DataParallel-prefixed state dicts."""
+    from dynaquant_brevitas.train import build_float_model
+
+    source = load_checkpoint(float_run / "final.pt")["state_dict"]
+    path = tmp_path / "theirs.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.items()}}, path)
+    model, arch, kwargs = build_float_model(tiny_config(tmp_path / "unused", train={"init_from": str(path)}))
+    assert arch == "bmshj2018-hyperprior" and kwargs == {"N": 8, "M": 12}
+    assert model.training and torch.equal(model.state_dict()["g_a.0.weight"], source["g_a.0.weight"])
+
+
 def test_resume_from_an_explicit_checkpoint_into_a_new_directory(tmp_path: Path) -> None:
     train(tiny_config(tmp_path / "a", steps=4), stop_at=2)
     summary = train(tiny_config(tmp_path / "b", steps=4), resume=tmp_path / "a" / "last.pt")
