@@ -12,10 +12,10 @@ for q in 2 3 4 5; do ARGS+=(--checkpoint "$OUT/bmshj2018-hyperprior-N64-M96-q$q.
 "$PY" -m dynaquant_brevitas eval "${ARGS[@]}" --images ../shared/data/kodak -o "$OUT/family.kodak.json" \
     --threads 1 --name "ScaleHyperprior(64,96) reference family (ours)" \
     --description "dynaquant train on ../shared/data/train, lambda 0.0035/0.0067/0.013/0.025; real bitstreams, CPU" \
-    2>&1 | grep -v -i warn | tail -1
+    2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tail -1
 : > "$OUT/family-bd.txt"
 for anchor in jpeg webp compressai-bmshj2018-hyperprior_mse_cpu; do
     "$PY" -m dynaquant_brevitas plot "$OUT/family.kodak.json" --reference jpeg --reference webp \
         --reference compressai-bmshj2018-hyperprior_mse_cpu --anchor "$anchor" -o "$OUT/family" \
-        2>&1 | grep -v -i warn | tee -a "$OUT/family-bd.txt"
+        2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tee -a "$OUT/family-bd.txt"
 done

@@ -2,7 +2,8 @@
 # Publish a reference training run: weights-only checkpoint, resume state, Kodak evaluation, checksums.
 #   scripts/publish_reference.sh bmshj2018-hyperprior-N64-M96-q4 "lambda=0.013"
 # Reads runs/reference/NAME/last.pt (a running job keeps training); writes checkpoints/reference/NAME.pt,
-# NAME.kodak.json (real bitstreams, per image) and checkpoints/resume/NAME.pt.
+# NAME.kodak.json (real bitstreams, per image) and, while the run is not finished, its resume state
+# checkpoints/resume/NAME.pt.
 set -euo pipefail
 NAME=$1
 LABEL=${2:-}
@@ -17,7 +18,8 @@ from dynaquant_brevitas.checkpoint import load_checkpoint, save_atomic, weights_
 name = sys.argv[1]
 ck = load_checkpoint(f"runs/{name}.snapshot.pt")
 save_atomic(weights_only(ck), f"checkpoints/reference/{name}.pt")
-save_atomic(ck, f"checkpoints/resume/{name}.pt")
+if ck["step"] < ck["train_config"]["train"]["steps"]:
+    save_atomic(ck, f"checkpoints/resume/{name}.pt")
 print(ck["step"])
 PY
 )
@@ -26,6 +28,6 @@ echo "$NAME: step $STEP"
     -o "checkpoints/reference/$NAME.kodak.json" --per-image --threads 1 \
     --name "$NAME $LABEL, $STEP steps" \
     --description "dynaquant train on ../shared/data/train, $STEP steps of batch 8x128px; real bitstreams, CPU" \
-    2>&1 | grep -v -i warn | tail -2
+    2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tail -2
 (cd checkpoints/reference && sha256sum -- *.pt *.kodak.json > SHA256SUMS)
 (cd checkpoints/resume && sha256sum -- *.pt > SHA256SUMS)
