@@ -19,3 +19,6 @@ for anchor in jpeg webp compressai-bmshj2018-hyperprior_mse_cpu; do
         --reference compressai-bmshj2018-hyperprior_mse_cpu --anchor "$anchor" -o "$OUT/family" \
         2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tee -a "$OUT/family-bd.txt"
 done
+# The GDN-free FactorizedPriorReLU (one point): rate difference at equal PSNR against JPEG.
+"$PY" -m dynaquant_brevitas plot "$OUT/bmshj2018-factorized-relu-N64-M96-q4.kodak.json" --reference jpeg \
+    --anchor jpeg -o "$OUT/factorized-relu" 2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tee -a "$OUT/family-bd.txt"
