@@ -58,11 +58,16 @@ def write_default_images(folder: Path, max_side: int = 384) -> Path:
     return _save_skimage(DEFAULT_IMAGES, folder, max_side)
 
 
+DEFAULT_REFERENCE = "bmshj2018-hyperprior-N64-M96-q4.pt"
+
+
 def find_reference(root: Path = Path("checkpoints/reference")) -> Path:
-    """The committed float reference checkpoint (the one listed first in ``SHA256SUMS``)."""
-    sums = root / "SHA256SUMS"
-    names = [line.split()[-1].lstrip("*") for line in sums.read_text().splitlines() if line.strip()] if sums.exists() else []
-    candidates = [root / n for n in names if n.endswith(".pt")] or sorted(root.glob("*.pt"))
+    """The committed float reference: :data:`DEFAULT_REFERENCE` (ScaleHyperprior at lambda 0.013),
+    else the first checkpoint in ``root``."""
+    preferred = root / DEFAULT_REFERENCE
+    if preferred.is_file():
+        return preferred
+    candidates = sorted(root.glob("*.pt"))
     if not candidates:
         raise DemoError(f"no reference checkpoint in {root}/: pass --checkpoint PATH (a `dynaquant train` checkpoint)")
     return candidates[0]

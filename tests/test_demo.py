@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from dynaquant_brevitas.demo import DemoError, find_reference
 from dynaquant_brevitas.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +50,8 @@ def test_demo_command_writes_table_plots_and_summary(tiny_float_checkpoint, tmp_
 def test_missing_reference_is_a_clear_error(tmp_path):
     with pytest.raises(DemoError, match="--checkpoint"):
         find_reference(tmp_path)
+
+
+def test_the_default_reference_is_the_hyperprior_at_quality_4():
+    """Among the committed family the demo takes ScaleHyperprior q4, not the first file by name."""
+    assert find_reference(REPO / "checkpoints" / "reference").name == "bmshj2018-hyperprior-N64-M96-q4.pt"
