@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from compressai.models import ScaleHyperprior
 from torch import nn
 
+from bench_measure import interleaved_medians
 from dynaquant_brevitas import DynaQuantConfig, bit_loss, calibrate, dynaquantize
 from dynaquant_brevitas.layers import DynaQuantConv2d
 from dynaquant_brevitas.quant import BitChoice
@@ -50,17 +51,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         optimizer.step()
 
     return step
-
-
-def interleaved_medians(variants: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {name: [] for name in variants}
-    for i in range(warmup + repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_training(n: int, m: int, batch: int, size: int, repeats: int, warmup: int) -> Dict:
