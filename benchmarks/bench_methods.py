@@ -36,7 +36,8 @@ class Method:
 
     Attributes:
         name: the row's name.
-        kind: ``float`` (the reference itself), ``dynaquant`` (``dynaquantize`` + QAT with
+        kind: ``float`` (the reference itself), ``float-ft`` (the reference fine-tuned in float with
+            the same recipe as the quantized methods: the fair anchor), ``dynaquant`` (``dynaquantize`` + QAT with
             ``train()``), ``brevitas`` (Brevitas's stock int8 quantizers + QAT) or ``ptq``
             (``dynaquantize`` + calibration, no training).
         description: one line for the tables.
@@ -50,7 +51,7 @@ class Method:
 
     @property
     def trained(self) -> bool:
-        return self.kind in ("dynaquant", "brevitas")
+        return self.kind in ("float-ft", "dynaquant", "brevitas")
 
     @property
     def dynamic(self) -> bool:
@@ -66,6 +67,8 @@ def _dq(candidates, **extra) -> Dict[str, Any]:
 
 METHODS: List[Method] = [
     Method("float", "float", "float reference (the anchor)"),
+    Method("float-finetuned", "float-ft",
+           "float reference fine-tuned in float with the quantized methods' recipe (same steps, data, lr)"),
     Method(
         "brevitas-int8",
         "brevitas",
@@ -306,7 +309,7 @@ def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainC
     if method.kind == "brevitas":
         final = train_brevitas(cfg)
         model = brevitas_from_checkpoint(reference["checkpoint"], final)
-    else:
+    else:  # float-ft trains with quant.config None, i.e. in float
         final = train_dynaquant(cfg)
         model = load_model(final)
     if trained_now:

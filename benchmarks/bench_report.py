@@ -18,6 +18,9 @@ FIELDS: Dict[str, str] = {
     "(dynaquant_brevitas.metrics.bd_rate, Akima); positive means more bits at equal PSNR; null when "
     "either curve has fewer than 4 points (see bd_rate_reason)",
     "bd_rate_reason": "why bd_rate_vs_float_pct is null (null when it is a number)",
+    "bd_rate_vs_float_finetuned_pct": "BD-rate in percent against the float reference fine-tuned in float with the "
+    "same recipe (method float-finetuned): separates the cost of quantization from what the fine-tuning itself "
+    "changes; null without that row or with fewer than 4 points",
     "rate_diff_at_equal_psnr_pct": "single-point fallback: mean over qualities of the rate difference at equal "
     "PSNR against the float curve (metrics.rate_difference_at_quality; needs >= 2 float points "
     "covering the PSNR), null otherwise",
@@ -112,10 +115,12 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 
 def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_points: Mapping[int, Mapping[str, Any]],
-               latency: Optional[Mapping[str, Any]], step: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """One summary row (see :data:`FIELDS`)."""
+               latency: Optional[Mapping[str, Any]], step: Optional[Mapping[str, Any]],
+               finetuned_points: Optional[Mapping[int, Mapping[str, Any]]] = None) -> Dict[str, Any]:
+    """One summary row (see :data:`FIELDS`); ``finetuned_points`` are the float-finetuned anchor's."""
     qs = sorted(points)
     comparison = compare_to_float(float_points, points)
+    finetuned = compare_to_float(finetuned_points, points) if finetuned_points else None
     row: Dict[str, Any] = {
         "method": method.name,
         "description": method.description,
@@ -123,6 +128,7 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
         "bd_rate_vs_float_pct": comparison["bd_rate_vs_float_pct"],
         "bd_rate_reason": comparison["bd_rate_reason"],
         "rate_diff_at_equal_psnr_pct": comparison["rate_diff_at_equal_psnr_pct"],
+        "bd_rate_vs_float_finetuned_pct": finetuned["bd_rate_vs_float_pct"] if finetuned else None,
         "avg_bits_per_param": _mean([points[q]["bits"]["bits_per_param"] for q in qs]),
         "avg_bits_bitops": _mean([points[q]["bits"]["bits_bitops"] for q in qs]),
         "avg_dynamic_layer_bits": _mean([points[q].get("avg_dynamic_layer_bits") for q in qs]),
@@ -134,7 +140,7 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
         "decoder_latency_ms": latency["g_s_ms"] if latency else None,
         "encoder_latency_ratio_vs_float": latency["g_a_ratio_vs_torch_float"] if latency else None,
         "decoder_latency_ratio_vs_float": latency["g_s_ratio_vs_torch_float"] if latency else None,
-        "train_step_ratio_vs_float": 1.0 if method.kind == "float" else (step["ratio_vs_float"] if step else None),
+        "train_step_ratio_vs_float": 1.0 if method.kind in ("float", "float-ft") else (step["ratio_vs_float"] if step else None),
         "train_seconds_per_quality": _mean([points[q].get("train_seconds") for q in qs]),
         "training_steps": points[qs[0]].get("training_steps") if qs else None,
         "machine": (latency or {}).get("machine_line") or (points[qs[0]].get("machine_line") if qs else None),
@@ -196,17 +202,19 @@ def _bd_cell(row: Mapping[str, Any]) -> str:
 def markdown_table(summary: Mapping[str, Any]) -> str:
     """The comparison as markdown: the table, its notes, FINN figures, the machine."""
     lines = [
-        "| method | BD-rate vs float [%] (else Δbpp / ΔPSNR at equal λ) | bits/param | bits (BitOPs) | "
-        "BitOPs ratio | packed size [kB] | g_a [ms] | g_s [ms] | g_a / g_s vs float | train step vs float |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | BD-rate vs float [%] (else Δbpp / ΔPSNR at equal λ) | vs float fine-tuned [%] | bits/param | "
+        "bits (BitOPs) | BitOPs ratio | packed size [kB] | g_a [ms] | g_s [ms] | g_a / g_s speed-up vs float | "
+        "train step vs float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         dyn = f" (dyn. layers {row['avg_dynamic_layer_bits']:.2f})" if row.get("avg_dynamic_layer_bits") else ""
         packed = row["packed_size_bytes"] / 1000 if row["packed_size_bytes"] is not None else None
-        ratio = (f"{row['encoder_latency_ratio_vs_float']:.2f}x / {row['decoder_latency_ratio_vs_float']:.2f}x"
+        ratio = (f"{1 / row['encoder_latency_ratio_vs_float']:.2f}x / {1 / row['decoder_latency_ratio_vs_float']:.2f}x"
                  if row["encoder_latency_ratio_vs_float"] is not None else "n/a")
         lines.append(
-            f"| {row['method']} | {_bd_cell(row)} | {_fmt(row['avg_bits_per_param'])}{dyn} | "
+            f"| {row['method']} | {_bd_cell(row)} | {_fmt(row.get('bd_rate_vs_float_finetuned_pct'), 2)} | "
+            f"{_fmt(row['avg_bits_per_param'])}{dyn} | "
             f"{_fmt(row['avg_bits_bitops'])} | {_fmt(row['bitops_ratio'], 3)} | {_fmt(packed, 1)} | "
             f"{_fmt(row['encoder_latency_ms'], 1)} | {_fmt(row['decoder_latency_ms'], 1)} | {ratio} | "
             f"{_fmt(row['train_step_ratio_vs_float'], 2, 'x')} |"

@@ -366,7 +366,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         lat_ref = next((r for r in available if r["quality"] == settings["latency"].get("quality") and r["quality"] in done),
                        next(r for r in available if r["quality"] in done))
-        for stage, fname, needed in (("latency", "latency.json", True), ("train_step", "train_step.json", method.trained)):
+        timed = method.kind != "float-ft"  # a float model: its timings are float's
+        for stage, fname, needed in (("latency", "latency.json", timed),
+                                     ("train_step", "train_step.json", timed and method.trained)):
             if not needed:
                 continue
             section = settings["latency"] if stage == "latency" else settings["train_step"]
@@ -396,10 +398,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 1 if errors else 0
 
 
+def _latency_of(method, latencies: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A method's timings; the fine-tuned float model has float's graph, so it shares float's."""
+    return latencies.get(method.name) or (latencies.get("float") if method.kind == "float-ft" else None)
+
+
 def build_summary(methods, points, latencies, steps, settings, refs, machine, images, errors, args, output) -> Dict[str, Any]:
     float_points = points.get("float", {})
     rows = [
-        bench_report.method_row(m, points[m.name], float_points, latencies.get(m.name), steps.get(m.name))
+        bench_report.method_row(m, points[m.name], float_points, _latency_of(m, latencies), steps.get(m.name),
+                                points.get("float-finetuned"))
         for m in methods
         if points.get(m.name)
     ]

@@ -56,12 +56,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @needs_data
 def test_quick_mode_writes_the_summary_and_resumes(tmp_path):
     out = tmp_path / "bench"
-    args = ("--quick", "--methods", "float,dynaquant-int8", "--references", str(REFERENCE), "--output", str(out))
+    args = ("--quick", "--methods", "float,float-finetuned,dynaquant-int8", "--references", str(REFERENCE), "--output", str(out))
     first = _run(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "quick" and summary["errors"] == []
-    assert [row["method"] for row in summary["rows"]] == ["float", "dynaquant-int8"]
+    assert [row["method"] for row in summary["rows"]] == ["float", "float-finetuned", "dynaquant-int8"]
     for row in summary["rows"]:
         for name, kind in ROW_FIELDS.items():
             assert isinstance(row[name], kind), (row["method"], name, row[name])
@@ -70,8 +70,12 @@ def test_quick_mode_writes_the_summary_and_resumes(tmp_path):
         assert row["bd_rate_vs_float_pct"] is None and "4 rate-distortion points" in row["bd_rate_reason"]
         (point,) = row["per_quality"]
         assert point["quality"] == 4 and point["bpp"] > 0 and point["delta_bpp_pct"] is not None
-    float_row, quant_row = summary["rows"]
+    float_row, finetuned_row, quant_row = summary["rows"]
     assert float_row["avg_bits_per_param"] == 32.0 and float_row["bitops_ratio"] == 1.0
+    # the fine-tuned anchor trained (in float) with the quantized methods' recipe, and shares float's timings
+    assert finetuned_row["training_steps"] == quant_row["training_steps"] > 0
+    assert finetuned_row["avg_bits_per_param"] == 32.0 and finetuned_row["latency"] == float_row["latency"]
+    assert finetuned_row["per_quality"][0]["bpp"] != float_row["per_quality"][0]["bpp"]
     assert quant_row["avg_bits_per_param"] == 8.0 and quant_row["bitops_ratio"] == pytest.approx(1 / 16)
     # the packed file is real: about a quarter of float, and close to the estimate
     assert quant_row["packed_size_bytes"] < 0.3 * float_row["packed_size_bytes"]
@@ -91,7 +95,7 @@ def test_quick_mode_writes_the_summary_and_resumes(tmp_path):
     # a rerun takes everything from the cache
     second = _run(*args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "running" not in second.stdout and second.stdout.count(": cached") == 2
+    assert "running" not in second.stdout and second.stdout.count(": cached") == 3
 
 
 def bench_fields():
