@@ -34,6 +34,10 @@ FIELDS: Dict[str, str] = {
     "avg_dynamic_layer_bits": "dynamic models: mean chosen bit width of the dynamic layers per image, from "
     "dynaquant_brevitas.evaluate (the paper's 'avg bits'); null for static models",
     "bitops_ratio": "BitOPs divided by 32 x 32 x MACs (float = 1)",
+    "packed_size_vs_bits_pct": "packed_size_bytes over (avg_bits_per_param / 32) x the float model's packed size, "
+    "minus 1, in percent (mean over qualities): what the parameters left in float32 and the file's header add",
+    "packed_float32_bytes": "bytes of the packed file spent on float32 tensors (GDN/IGDN, biases, entropy models, "
+    "per-channel scales and zero points, activation ranges), mean over qualities",
     "packed_size_bytes": "length of the packed file (dynaquant_brevitas.packing.pack_model): integer weights "
     "bit-packed at their widths, float32 per-channel scales (and zero points), every other parameter "
     "float32, header included; dynamic models frozen at each layer's most frequent choice; mean over qualities",
@@ -136,6 +140,8 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
         "packed_size_bytes": _round(_mean([points[q]["size"]["packed_size_bytes"] for q in qs])),
         "packed_size_all_candidates_bytes": _round(_mean([points[q]["size"]["packed_size_all_candidates_bytes"] for q in qs])),
         "model_size_estimate_bytes": _round(_mean([points[q]["size"]["model_size_estimate_bytes"] for q in qs])),
+        "packed_size_vs_bits_pct": _mean([_packed_vs_bits(points[q], float_points.get(q)) for q in qs]),
+        "packed_float32_bytes": _round(_mean([points[q]["size"]["packed"].get("float_bytes") for q in qs])),
         "encoder_latency_ms": latency["g_a_ms"] if latency else None,
         "decoder_latency_ms": latency["g_s_ms"] if latency else None,
         "encoder_latency_ratio_vs_float": latency["g_a_ratio_vs_torch_float"] if latency else None,
@@ -151,6 +157,14 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
     if method.kind == "float" and row["bd_rate_reason"] is None:
         row["bd_rate_vs_float_pct"] = 0.0  # the anchor against itself
     return row
+
+
+def _packed_vs_bits(point: Mapping[str, Any], float_point: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """How far the packed file is above ``bits_per_param / 32`` of the packed float model, in percent."""
+    if not float_point:
+        return None
+    ideal = point["bits"]["bits_per_param"] / 32.0 * float_point["size"]["packed_size_bytes"]
+    return 100.0 * (point["size"]["packed_size_bytes"] / ideal - 1.0)
 
 
 def _round(value: Optional[float]) -> Optional[int]:
@@ -203,19 +217,20 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     """The comparison as markdown: the table, its notes, FINN figures, the machine."""
     lines = [
         "| method | BD-rate vs float [%] (else Δbpp / ΔPSNR at equal λ) | vs float fine-tuned [%] | bits/param | "
-        "bits (BitOPs) | BitOPs ratio | packed size [kB] | g_a [ms] | g_s [ms] | g_a / g_s speed-up vs float | "
+        "bits (BitOPs) | BitOPs ratio | packed size [kB] (vs bits) | g_a [ms] | g_s [ms] | g_a / g_s speed-up vs float | "
         "train step vs float |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         dyn = f" (dyn. layers {row['avg_dynamic_layer_bits']:.2f})" if row.get("avg_dynamic_layer_bits") else ""
         packed = row["packed_size_bytes"] / 1000 if row["packed_size_bytes"] is not None else None
+        vs_bits = f" ({row['packed_size_vs_bits_pct']:+.1f} %)" if row.get("packed_size_vs_bits_pct") else ""
         ratio = (f"{1 / row['encoder_latency_ratio_vs_float']:.2f}x / {1 / row['decoder_latency_ratio_vs_float']:.2f}x"
                  if row["encoder_latency_ratio_vs_float"] is not None else "n/a")
         lines.append(
             f"| {row['method']} | {_bd_cell(row)} | {_fmt(row.get('bd_rate_vs_float_finetuned_pct'), 2)} | "
             f"{_fmt(row['avg_bits_per_param'])}{dyn} | "
-            f"{_fmt(row['avg_bits_bitops'])} | {_fmt(row['bitops_ratio'], 3)} | {_fmt(packed, 1)} | "
+            f"{_fmt(row['avg_bits_bitops'])} | {_fmt(row['bitops_ratio'], 3)} | {_fmt(packed, 1)}{vs_bits} | "
             f"{_fmt(row['encoder_latency_ms'], 1)} | {_fmt(row['decoder_latency_ms'], 1)} | {ratio} | "
             f"{_fmt(row['train_step_ratio_vs_float'], 2, 'x')} |"
         )
@@ -264,6 +279,40 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             f"brevitas {machine.get('brevitas')}, onnxruntime {machine.get('onnxruntime')}; one thread each. "
             f"Command: `{summary.get('command')}`."]
     return "\n".join(header + lines + ([""] + notes if notes else []) + finn_lines + tail) + "\n"
+
+
+README_BEGIN = "<!-- benchmarks:summary:begin (generated from benchmarks/results/summary.json) -->"
+README_END = "<!-- benchmarks:summary:end -->"
+
+
+def readme_table(summary: Mapping[str, Any]) -> str:
+    """The README's compact table: rate-distortion, bits, size and speed per method."""
+    steps = summary.get("settings", {}).get("train", {}).get("steps")
+    lines = [
+        f"| method ({steps} fine-tuning steps) | BD-rate vs float [%] | vs float fine-tuned [%] | bits (BitOPs) | "
+        "packed [kB] | encoder / decoder speed-up vs float PyTorch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in summary["rows"]:
+        bd, bd_ft = (f"{v:+.2f}" if v is not None else "n/a"
+                     for v in (row["bd_rate_vs_float_pct"], row.get("bd_rate_vs_float_finetuned_pct")))
+        speed = (f"{1 / row['encoder_latency_ratio_vs_float']:.2f}x / {1 / row['decoder_latency_ratio_vs_float']:.2f}x"
+                 if row["encoder_latency_ratio_vs_float"] else "n/a")
+        packed = row["packed_size_bytes"] / 1000 if row["packed_size_bytes"] is not None else None
+        lines.append(f"| {row['method']} | {bd} | {bd_ft} | "
+                     f"{_fmt(row['avg_bits_bitops'])} | {_fmt(packed, 0)} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, summary: Mapping[str, Any]) -> bool:
+    """Rewrite the README's generated table between its markers; ``False`` when it has none."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_BEGIN + "\n" + readme_table(summary) + README_END + tail)
+    return True
 
 
 # --------------------------------------------------------------------------- figure

@@ -392,6 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     _write_json(output / "summary.json", summary)
     (output / "summary.md").write_text(bench_report.markdown_table(summary))
     bench_report.plot(summary, output / "rd.png")
+    if output == DEFAULT_OUTPUT.resolve() and bench_report.update_readme(ROOT / "README.md", summary):
+        print("updated the README's benchmark table", flush=True)
     print(bench_report.markdown_table(summary))
     print(f"wrote {_rel(output / 'summary.json')}, summary.md, rd.png in {time.time() - started:.0f} s"
           + (f"; {len(errors)} failure(s)" if errors else ""), flush=True)

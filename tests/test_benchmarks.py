@@ -122,3 +122,19 @@ def test_bd_rate_only_with_four_points_per_curve():
     two = report.compare_to_float({3: anchor[3], 4: anchor[4]}, {4: worse[4]})
     assert two["bd_rate_vs_float_pct"] is None
     assert two["rate_diff_at_equal_psnr_pct"] == pytest.approx(10.0)
+
+
+def test_readme_table_is_generated_from_the_committed_summary(tmp_path):
+    report = _bench_module("bench_report")
+    summary = json.loads((REPO / "benchmarks" / "results" / "summary.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(report.README_BEGIN, 1)[1].split(report.README_END, 1)[0]
+    assert section.strip() == report.readme_table(summary).strip(), "run benchmarks/run.py to regenerate the table"
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{report.README_BEGIN}\nstale\n{report.README_END}\noutro\n")
+    assert report.update_readme(copy, summary)
+    assert "stale" not in copy.read_text() and copy.read_text().startswith("intro\n")
+    assert copy.read_text().endswith(f"{report.README_END}\noutro\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not report.update_readme(plain, summary) and plain.read_text() == "no markers\n"
