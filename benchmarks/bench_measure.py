@@ -4,8 +4,10 @@
   (the same formulas for Brevitas's stock layers, whose bit width ``cost`` does not know);
 * sizes: :func:`dynaquant_brevitas.packing.pack_model` writes the packed file and its length is the
   size; :func:`dynaquant_brevitas.cost.model_size_bytes` is the estimate it is compared with;
-* latency: ``g_a`` and ``g_s`` in float PyTorch, the same float modules exported to ONNX, and the
-  frozen quantized model exported with Brevitas's ``export_onnx_qcdq``, both run by onnxruntime
+* latency: ``g_a`` and ``g_s`` in float PyTorch, the same float modules exported to ONNX, the
+  frozen quantized model exported with Brevitas's ``export_onnx_qcdq``, and that QCDQ graph with
+  its convolutions' outputs quantized so that onnxruntime runs integer kernels
+  (:func:`dynaquant_brevitas.export.ort_int8.quantize_conv_outputs`), all run by onnxruntime
   (CPU, ``ORT_ENABLE_ALL``, one intra-op thread); every variant interleaved in one loop, medians;
 * training step: ``dynaquant_brevitas.train.train_step`` (forward, loss, backward, optimiser
   steps) of the method against float, interleaved, medians.
@@ -388,10 +390,15 @@ def measure_latency(
     repeats: int,
     warmup: int,
     profile: Optional[Mapping[str, int]] = None,
+    calibration: Optional[List[torch.Tensor]] = None,
+    int8_kernels: Tuple[str, ...] = ("u8s8",),
 ) -> Dict[str, Any]:
     """Encoder (``g_a``) and decoder (``g_s``) latency of ``model`` against float, one interleaved run.
 
     ``model`` is ``None`` for the float row. ``g_s`` runs on the float encoder's latent of ``image``.
+    The integer-kernel variants (one per ``int8_kernels`` entry, the first one reported as
+    ``{part}_int8_*``) observe their convolution output ranges on ``calibration`` images (``g_s``
+    on their rounded latents from the exported encoder), or on the measured inputs when ``None``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     float_model = float_model.eval()
@@ -428,6 +435,13 @@ def measure_latency(
                 "max_abs_error_vs_frozen_model": float(np.abs(got - frozen).max()),
                 "output_max_abs": float(np.abs(frozen).max()),
             }
+            samples = _calibration_inputs(dep.reference, part, inp, calibration)
+            for kernel in int8_kernels:
+                key = "ort_int8" if kernel == int8_kernels[0] else f"ort_int8_{kernel}"
+                graphs[f"{key}.{part}"], run = _int8_variant(path, part, samples, kernel, inp, exported, frozen)
+                if run is not None:
+                    variants[f"{key}.{part}"] = run
+        notes["int8_calibration"] = "latency image" if calibration is None else f"{len(calibration)} images"
     medians = interleaved_medians(variants, repeats, warmup)
     ms = {k: 1000.0 * v for k, v in medians.items()}
     result: Dict[str, Any] = {
@@ -445,7 +459,54 @@ def measure_latency(
         result[f"{part}_ms"] = deployed
         result[f"{part}_ratio_vs_torch_float"] = deployed / ms[f"torch_float.{part}"]
         result[f"{part}_ratio_vs_ort_float"] = deployed / ms[f"ort_float.{part}"]
+        if model is not None:
+            result.update(_int8_keys(part, ms, graphs[f"ort_int8.{part}"], int8_kernels[0]))
     return result
+
+
+def _calibration_inputs(reference: nn.Module, part: str, inp: torch.Tensor,
+                        calibration: Optional[List[torch.Tensor]]) -> List[np.ndarray]:
+    """Calibration batches for ``part``: the images for ``g_a``, their rounded latents for ``g_s``."""
+    if calibration is None:
+        return [inp.numpy()]
+    if part == "g_a":
+        return [c.numpy() for c in calibration]
+    with torch.no_grad():
+        return [torch.round(reference.g_a(c)).numpy() for c in calibration]
+
+
+def _int8_variant(path: Path, part: str, samples: List[np.ndarray], kernel: str, inp: torch.Tensor,
+                  exported: np.ndarray, frozen: np.ndarray) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """Graph facts of the integer-kernel rewrite of the QCDQ graph ``path``, and its runner
+    (``None`` when no convolution could be prepared)."""
+    from dynaquant_brevitas.export.ort_int8 import int8_session, quantize_conv_outputs
+
+    report = quantize_conv_outputs(path, samples, path.with_name(f"int8_{kernel}.{part}.onnx"), kernel=kernel)
+    facts: Dict[str, Any] = {"kernel": kernel, "prepared": len(report.quantized), "skipped": report.skipped,
+                             "polyphase": report.polyphase, "shifts_folded": report.shifts_folded}
+    if not report.quantized:
+        return dict(facts, ops={}, int_kernels=0), None
+    session, ops = int8_session(report.path)
+    run = _runner(session, inp.numpy())
+    got = run()[0]
+    facts.update(ops=ops, int_kernels=sum(n for op, n in ops.items() if op in INT_KERNELS),
+                 max_abs_error_vs_torch=float(np.abs(got - exported).max()),
+                 max_abs_error_vs_frozen_model=float(np.abs(got - frozen).max()),
+                 output_max_abs=float(np.abs(frozen).max()))
+    return facts, run
+
+
+def _int8_keys(part: str, ms: Mapping[str, float], facts: Mapping[str, Any], kernel: str) -> Dict[str, Any]:
+    """``{part}_int8_*`` summary keys (milliseconds and speed-up ``None`` when nothing fused)."""
+    int8_ms = ms.get(f"ort_int8.{part}")
+    return {
+        f"{part}_int8_kernel": kernel,
+        f"{part}_int8_kernels": facts["int_kernels"],
+        f"{part}_int8_ms": int8_ms,
+        f"{part}_int8_speedup_vs_torch_float": ms[f"torch_float.{part}"] / int8_ms if int8_ms else None,
+        f"{part}_int8_speedup_vs_ort_float": ms[f"ort_float.{part}"] / int8_ms if int8_ms else None,
+        f"{part}_int8_max_abs_error_vs_frozen_model": facts.get("max_abs_error_vs_frozen_model"),
+    }
 
 
 def _no_grad(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
