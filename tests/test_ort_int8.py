@@ -30,7 +30,8 @@ class Tiny(nn.Module):
         from compressai.layers import GDN
 
         super().__init__()
-        quant = dict(weight_quant=Int8WeightPerChannelFloat, input_quant=Int8ActPerTensorFloat, return_quant_tensor=False)
+        quant = dict(weight_quant=Int8WeightPerChannelFloat, input_quant=Int8ActPerTensorFloat,
+                     return_quant_tensor=False)
 
         def inputs(channels: int) -> dict:  # Brevitas's per-channel activation scale, by keyword
             return dict(input_scaling_per_output_channel=True, input_scaling_stats_permute_dims=(1, 0, 2, 3),
@@ -144,3 +145,40 @@ def test_clear_errors(per_tensor, tmp_path):
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])), str(plain))
     with pytest.raises(ValueError, match="no Conv or ConvTranspose"):
         quantize_conv_outputs(plain, calibration)
+
+
+def test_per_tensor_shift_folds_into_bias(tmp_path):
+    """``Add(c) -> Q -> DQ -> Add(-c) -> Conv`` (bench_measure.add_zero_point_shifts's pattern):
+    the unshift moves into the bias, so the convolution fuses; the result differs only at the border."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c, scale = np.float32(0.03), np.float32(0.05)
+    consts = {"c": np.full((1, 1, 1, 1), c, np.float32), "minus_c": np.full((1, 1, 1, 1), -c, np.float32),
+              "s": np.array(scale, np.float32), "z": np.array(3, np.int8),
+              "w": rng.integers(-127, 128, (8, 4, 3, 3)).astype(np.int8), "ws": np.full(8, 0.01, np.float32),
+              "wz": np.zeros(8, np.int8), "b": rng.standard_normal(8).astype(np.float32)}
+    nodes = [helper.make_node("Add", ["x", "c"], ["shifted"]),
+             helper.make_node("QuantizeLinear", ["shifted", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Add", ["dq", "minus_c"], ["restored"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wdq"], axis=0),
+             helper.make_node("Conv", ["restored", "wdq", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    path = tmp_path / "shifted.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    calibration = [rng.standard_normal((1, 4, 16, 16)).astype(np.float32) for _ in range(3)]
+    report = quantize_conv_outputs(path, calibration, tmp_path / "int8.onnx")
+    assert report.shifts_folded == 1 and list(report.quantized) == ["conv"]
+    session, ops = int8_session(report.path)
+    assert ops.get("QLinearConv") == 1 and "Add" in ops  # the shift before QuantizeLinear stays
+    reference, _ = int8_session(path)
+    x = calibration[0]
+    got, expected = session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0]
+    lo, hi = report.quantized["conv"]
+    step = (hi - lo) / 255
+    assert np.abs(got - expected)[..., 1:-1, 1:-1].max() <= 1.01 * step  # inside: one output step
+    assert np.abs(got - expected).max() <= step + abs(c) * 9 * 4 * 127 * 0.01  # border: padding stands for c

@@ -79,10 +79,6 @@ class Int8Report:
     polyphase: List[str] = field(default_factory=list)
     shifts_folded: int = 0
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"path": str(self.path), "quantized": {k: list(v) for k, v in self.quantized.items()},
-                "skipped": dict(self.skipped), "polyphase": list(self.polyphase), "shifts_folded": self.shifts_folded}
-
 
 class _Graph:
     """Index of an ONNX graph: initializers as arrays, producers and consumers, fresh names."""
@@ -90,7 +86,7 @@ class _Graph:
     def __init__(self, model: Any) -> None:
         from onnx import numpy_helper
 
-        self.model, self.graph = model, model.graph
+        self.graph = model.graph
         self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         self.producer = {o: n for n in self.graph.node for o in n.output}
         self.consumers: Dict[str, List[Any]] = collections.defaultdict(list)
@@ -159,17 +155,16 @@ class _Conv:
 
 def _eligible(g: _Graph, node: Any) -> Union[_Conv, str]:
     """The parts of a fusable convolution, or why it cannot fuse."""
-    source = g.producer.get(node.input[0])
-    shift = 0.0
+    source, shift = g.producer.get(node.input[0]), np.zeros(1, np.float32)
     if source is not None and source.op_type == "Add" and source.input[1] in g.consts:
-        if g.consts[source.input[1]].size != 1:
-            return "input shifted per channel"
-        shift, source = float(g.consts[source.input[1]].reshape(())), g.producer.get(source.input[0])
+        shift, source = g.consts[source.input[1]], g.producer.get(source.input[0])
     if source is None or source.op_type != "DequantizeLinear":
         return "input is not quantized"
     qparams = g.scalar_qparams(source)
     if qparams is None:
         return "input quantized per channel (QLinearConv takes one input scale and zero point)"
+    if shift.size != 1:
+        return "input shifted per channel"
     weight_dq = g.producer.get(node.input[1])
     weight = g.constant_weight(weight_dq) if weight_dq is not None and weight_dq.op_type == "DequantizeLinear" else None
     if weight is None:
@@ -188,7 +183,7 @@ def _eligible(g: _Graph, node: Any) -> Union[_Conv, str]:
         if reason:
             return reason
     scale, _, dtype = qparams
-    return _Conv(node, source, scale, dtype, *weight, shift=shift)
+    return _Conv(node, source, scale, dtype, *weight, shift=float(shift.reshape(())))
 
 
 def _polyphase_refusal(node: Any, shape: Tuple[int, ...]) -> Optional[str]:
@@ -209,7 +204,8 @@ def _polyphase_refusal(node: Any, shape: Tuple[int, ...]) -> Optional[str]:
 # --------------------------------------------------------------------------- calibration
 
 
-def _output_ranges(model: Any, names: Sequence[str], calibration: Iterable[np.ndarray]) -> Dict[str, Tuple[float, float]]:
+def _output_ranges(model: Any, names: Sequence[str],
+                   calibration: Iterable[np.ndarray]) -> Dict[str, Tuple[float, float]]:
     """``(min, max)`` of each named tensor over the calibration inputs, zero included."""
     import onnx
     import onnxruntime as ort
