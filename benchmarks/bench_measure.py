@@ -464,6 +464,16 @@ def measure_latency(
     return result
 
 
+def calibration_crops(root: str, count: int, size: int) -> List[torch.Tensor]:
+    """``count`` random ``size`` px training crops, one image each, seeded: the integer-kernel
+    variant's calibration images."""
+    from dynaquant_brevitas.data import ImageFolderCrops
+
+    torch.manual_seed(0)
+    data = ImageFolderCrops(root, size)
+    return [data[i % len(data)][None] for i in range(count)]
+
+
 def _calibration_inputs(reference: nn.Module, part: str, inp: torch.Tensor,
                         calibration: Optional[List[torch.Tensor]]) -> List[np.ndarray]:
     """Calibration batches for ``part``: the images for ``g_a``, their rounded latents for ``g_s``."""

@@ -49,6 +49,11 @@ FIELDS: Dict[str, str] = {
     "row, the frozen model exported with Brevitas export_onnx_qcdq and run by onnxruntime (CPU, "
     "ORT_ENABLE_ALL, 1 thread) for quantized rows",
     "decoder_latency_ms": "same for g_s, on the float encoder's latent of that image",
+    "encoder_int8_speedup_vs_float": "float PyTorch g_a time over the integer-kernel graph's (the QCDQ graph with "
+    "its convolution outputs quantized and calibrated, dynaquant_brevitas.export.ort_int8; kernel in "
+    "latency.g_a_int8_kernel); null when onnxruntime fused no convolution (per-channel activation steps)",
+    "decoder_int8_speedup_vs_float": "same for g_s",
+    "int8_kernels": "integer convolutions onnxruntime ran in the integer-kernel graphs of g_a and g_s together",
     "encoder_latency_ratio_vs_float": "encoder_latency_ms over float PyTorch g_a timed in the same interleaved run",
     "decoder_latency_ratio_vs_float": "decoder_latency_ms over float PyTorch g_s timed in the same interleaved run",
     "latency": "all timed variants (torch_float, ort_float, ort_qcdq), the operators onnxruntime actually ran, "
@@ -146,6 +151,9 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
         "decoder_latency_ms": latency["g_s_ms"] if latency else None,
         "encoder_latency_ratio_vs_float": latency["g_a_ratio_vs_torch_float"] if latency else None,
         "decoder_latency_ratio_vs_float": latency["g_s_ratio_vs_torch_float"] if latency else None,
+        "encoder_int8_speedup_vs_float": (latency or {}).get("g_a_int8_speedup_vs_torch_float"),
+        "decoder_int8_speedup_vs_float": (latency or {}).get("g_s_int8_speedup_vs_torch_float"),
+        "int8_kernels": _int8_kernels(latency),
         "train_step_ratio_vs_float": 1.0 if method.kind in ("float", "float-ft") else (step["ratio_vs_float"] if step else None),
         "train_seconds_per_quality": _mean([points[q].get("train_seconds") for q in qs]),
         "training_steps": points[qs[0]].get("training_steps") if qs else None,
@@ -157,6 +165,19 @@ def method_row(method: Any, points: Mapping[int, Mapping[str, Any]], float_point
     if method.kind == "float" and row["bd_rate_reason"] is None:
         row["bd_rate_vs_float_pct"] = 0.0  # the anchor against itself
     return row
+
+
+def _int8_kernels(latency: Optional[Mapping[str, Any]]) -> Optional[int]:
+    counts = [latency.get(f"{part}_int8_kernels") for part in ("g_a", "g_s")] if latency else []
+    return None if any(c is None for c in counts) or not counts else sum(counts)
+
+
+def _int8_cell(row: Mapping[str, Any]) -> str:
+    """``"1.49x / 1.85x"``, ``"none fused"`` or ``"n/a"``."""
+    a, s = row.get("encoder_int8_speedup_vs_float"), row.get("decoder_int8_speedup_vs_float")
+    if row.get("int8_kernels") is None:
+        return "n/a"
+    return f"{_fmt(a, 2, 'x')} / {_fmt(s, 2, 'x')}" if a or s else "none fused"
 
 
 def _packed_vs_bits(point: Mapping[str, Any], float_point: Optional[Mapping[str, Any]]) -> Optional[float]:
@@ -218,8 +239,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     lines = [
         "| method | BD-rate vs float [%] (else Δbpp / ΔPSNR at equal λ) | vs float fine-tuned [%] | bits/param | "
         "bits (BitOPs) | BitOPs ratio | packed size [kB] (vs bits) | g_a [ms] | g_s [ms] | g_a / g_s speed-up vs float | "
-        "train step vs float |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "int8 kernels: g_a / g_s speed-up | train step vs float |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         dyn = f" (dyn. layers {row['avg_dynamic_layer_bits']:.2f})" if row.get("avg_dynamic_layer_bits") else ""
@@ -231,7 +252,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             f"| {row['method']} | {_bd_cell(row)} | {_fmt(row.get('bd_rate_vs_float_finetuned_pct'), 2)} | "
             f"{_fmt(row['avg_bits_per_param'])}{dyn} | "
             f"{_fmt(row['avg_bits_bitops'])} | {_fmt(row['bitops_ratio'], 3)} | {_fmt(packed, 1)}{vs_bits} | "
-            f"{_fmt(row['encoder_latency_ms'], 1)} | {_fmt(row['decoder_latency_ms'], 1)} | {ratio} | "
+            f"{_fmt(row['encoder_latency_ms'], 1)} | {_fmt(row['decoder_latency_ms'], 1)} | {ratio} | {_int8_cell(row)} | "
             f"{_fmt(row['train_step_ratio_vs_float'], 2, 'x')} |"
         )
     notes = []
@@ -290,8 +311,8 @@ def readme_table(summary: Mapping[str, Any]) -> str:
     steps = summary.get("settings", {}).get("train", {}).get("steps")
     lines = [
         f"| method ({steps} fine-tuning steps) | BD-rate vs float [%] | vs float fine-tuned [%] | bits (BitOPs) | "
-        "packed [kB] | encoder / decoder speed-up vs float PyTorch |",
-        "|---|---|---|---|---|---|",
+        "packed [kB] | encoder / decoder speed-up vs float PyTorch: QCDQ graph | same, integer kernels |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         bd, bd_ft = (f"{v:+.2f}" if v is not None else "n/a"
@@ -300,7 +321,7 @@ def readme_table(summary: Mapping[str, Any]) -> str:
                  if row["encoder_latency_ratio_vs_float"] else "n/a")
         packed = row["packed_size_bytes"] / 1000 if row["packed_size_bytes"] is not None else None
         lines.append(f"| {row['method']} | {bd} | {bd_ft} | "
-                     f"{_fmt(row['avg_bits_bitops'])} | {_fmt(packed, 0)} | {speed} |")
+                     f"{_fmt(row['avg_bits_bitops'])} | {_fmt(packed, 0)} | {speed} | {_int8_cell(row)} |")
     return "\n".join(lines) + "\n"
 
 

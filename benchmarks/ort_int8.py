@@ -71,15 +71,6 @@ def _one(pattern: str) -> Path:
     return Path(found[0])
 
 
-def calibration_crops(root: str, count: int, size: int) -> List[torch.Tensor]:
-    """``count`` random training crops, one image each (seeded)."""
-    from dynaquant_brevitas.data import ImageFolderCrops
-
-    torch.manual_seed(0)
-    data = ImageFolderCrops(root, size)
-    return [data[i % len(data)][None] for i in range(count)]
-
-
 def landscape_images(root: str, count: int) -> List[torch.Tensor]:
     """The first ``count`` Kodak images, portrait ones transposed (all 768x512 then)."""
     from dynaquant_brevitas.data import list_images, read_image
@@ -157,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
     settings = yaml.safe_load((HERE / "config.yaml").read_text())
     image = bench_run.latency_image({"eval": {"images": args.kodak}, "latency": settings["latency"]})
-    crops = calibration_crops(args.train, args.calibration_images, args.crop)
+    crops = bench_measure.calibration_crops(args.train, args.calibration_images, args.crop)
     rd_images = landscape_images(args.kodak, args.rd_images)
     from dynaquant_brevitas.checkpoint import load_model
 

@@ -55,7 +55,8 @@ DEFAULT_OUTPUT = ROOT / "benchmarks" / "results"
 QUICK = {
     "train": {"steps": 2, "batch_size": 2, "patch_size": 128, "calibration_batches": 2},
     "eval": {"max_images": 2, "crop": 256},
-    "latency": {"height": 256, "width": 256, "repeats": 3, "warmup": 1},
+    "latency": {"height": 256, "width": 256, "repeats": 3, "warmup": 1, "int8_calibration_images": 2,
+                "int8_calibration_size": 128},
     "train_step": {"batch_size": 2, "patch_size": 64, "repeats": 3, "warmup": 1},
 }
 QUICK_METHODS = "all"  # every method, each on the tiny settings above: about 1.5 minutes on one core
@@ -269,9 +270,14 @@ def run_latency(method, ref: Dict[str, Any], point: Dict[str, Any], settings: Di
         run_dir = work / "train" / method.name / f"q{ref['quality']}-{point['key'][:8]}"
         cfg = bench_methods.train_config(method, ref, settings["train"], run_dir)
         model = bench_methods.obtain_model(method, ref, cfg)["model"]
+    calibration = None
+    if model is not None:
+        calibration = bench_measure.calibration_crops(
+            str(_resolve(settings["train"]["data"])), int(lat["int8_calibration_images"]), int(lat["int8_calibration_size"]))
     result = bench_measure.measure_latency(
         model, float_model, latency_image(settings), work / "onnx" / method.name, int(lat["repeats"]),
-        int(lat["warmup"]), profile=point.get("mode_profile"),
+        int(lat["warmup"]), profile=point.get("mode_profile"), calibration=calibration,
+        int8_kernels=(str(lat["int8_kernel"]),),
     )
     machine = bench_measure.machine_info()
     result.update(key=key, method=method.name, quality=ref["quality"], machine=machine,

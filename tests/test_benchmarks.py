@@ -86,6 +86,9 @@ def test_quick_mode_writes_the_summary_and_resumes(tmp_path):
     assert graph["ops"]["DequantizeLinear"] > 0
     assert graph["max_abs_error_vs_torch"] < 0.05 * graph["output_max_abs"]  # the exported graph is the model
     assert quant_row["train_step"]["median_step_ms"]["method"] > 0
+    # the integer-kernel variant was tried: per-channel activation steps leave QLinearConv nothing to fuse
+    assert quant_row["int8_kernels"] == 0 and quant_row["encoder_int8_speedup_vs_float"] is None
+    assert latency["export_notes"]["int8_calibration"] == "2 images"
     for name in ("summary.md", "rd.png", "runs/float/q4.json", "runs/dynaquant-int8/q4.json",
                  "runs/dynaquant-int8/latency.json", "runs/dynaquant-int8/train_step.json"):
         assert (out / name).is_file(), name
