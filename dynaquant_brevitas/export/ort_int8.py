@@ -14,7 +14,7 @@ rewrites such a graph so that onnxruntime 1.17+ (CPU) fuses every eligible convo
   ``stride * input size`` becomes its polyphase equivalent, one ``Conv`` with ``stride**2``
   times the output channels followed by ``DepthToSpace``: the same products, exactly;
 * a per-tensor zero-point shift (``Add(-c)`` after the input's DequantizeLinear, see
-  ``benchmarks/bench_measure.add_zero_point_shifts``) is folded into the bias: exact except at
+  :func:`dynaquant_brevitas.export.qcdq.add_zero_point_shifts`) is folded into the bias: exact except at
   the border, where the zero padding now stands for ``c`` (less than half a step) instead of 0;
 * ``kernel`` picks onnxruntime's integer kernel, which matters on x86 CPUs without VNNI (AVX2):
 
@@ -452,24 +452,12 @@ def _prune(model: Any) -> None:
 
 
 def int8_session(path: PathLike, threads: int = 1) -> Tuple[Any, Dict[str, int]]:
-    """An onnxruntime CPU session (all optimisations) and the operator counts of the graph it
-    runs after optimisation (written beside ``path`` as ``<stem>.optimized.onnx``)."""
-    import onnx
-    import onnxruntime as ort
+    """An onnxruntime CPU session (all optimisations) allowed to fuse int8 activations (the s8s8
+    kernel), and the operator counts of the graph it runs after optimisation (written beside
+    ``path`` as ``<stem>.optimized.onnx``); see :func:`~dynaquant_brevitas.export.qcdq.ort_session`."""
+    from .qcdq import ort_session
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = options.inter_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.qdqisint8allowed", "1")  # int8 activations: the s8s8 kernel
-    optimized = path.with_name(path.stem + ".optimized.onnx")
-    options.optimized_model_filepath = str(optimized)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-    return session, dict(sorted(ops.items()))
+    return ort_session(path, threads, {"session.qdqisint8allowed": "1"})
 
 
 class OrtModule(nn.Module):
