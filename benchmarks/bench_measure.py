@@ -8,7 +8,8 @@
   frozen quantized model exported with Brevitas's ``export_onnx_qcdq``, and that QCDQ graph with
   its convolutions' outputs quantized so that onnxruntime runs integer kernels
   (:func:`dynaquant_brevitas.export.ort_int8.quantize_conv_outputs`), all run by onnxruntime
-  (CPU, ``ORT_ENABLE_ALL``, one intra-op thread); every variant interleaved in one loop, medians;
+  (CPU, ``ORT_ENABLE_ALL``, one intra-op thread); every variant interleaved in one loop, medians.
+  The QCDQ export itself is :mod:`dynaquant_brevitas.export.qcdq` (``dynaquant export --format qcdq``);
 * training step: ``dynaquant_brevitas.train.train_step`` (forward, loss, backward, optimiser
   steps) of the method against float, interleaved, medians.
 """
@@ -17,13 +18,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import math
 import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -31,12 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-#: onnxruntime operators that run integer arithmetic (what QDQ fusion produces when it can).
-INT_KERNELS = {
-    "QLinearConv", "QLinearConvTranspose", "ConvInteger", "MatMulInteger", "QLinearMatMul",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QLinearAdd", "QLinearMul",
-}
-
+from dynaquant_brevitas.export.qcdq import (
+    add_zero_point_shifts,
+    calibration_inputs,
+    deployable,
+    export_qcdq,
+    int_kernel_count,
+    ort_session,
+)
 
 # --------------------------------------------------------------------------- machine
 
@@ -187,194 +188,10 @@ def interleaved_medians(variants: Mapping[str, Callable[[], Any]], repeats: int,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-# --------------------------------------------------------------------------- QCDQ export
-
-
-@contextlib.contextmanager
-def qcdq_export_patches():
-    """Two adjustments of Brevitas's QCDQ export (0.13) for DynaQuant's quantizers, undone on exit.
-
-    * ``assert_ge_zero``: a tracing workaround that asserts zero points ``>= 0``; a signed grid
-      with a learned offset has negative integer zero points, which ONNX allows.
-    * zero points are cast to the 8-bit container by truncation; here they are rounded to the
-      nearest integer and clamped to the container first (the model's offsets are snapped the
-      same way before export, see :func:`deployable`).
-    """
-    from brevitas.export.common.handler import qcdq
-    from brevitas.export.common.handler.base import ZeroPointHandlerMixin
-
-    original_assert = qcdq.DQMixin.assert_ge_zero
-    original_cast = ZeroPointHandlerMixin.__dict__["zero_point_with_dtype"]
-
-    def rounded(cls, signed, bit_width, zero_point):
-        lo, hi = (-128, 127) if signed else (0, 255)
-        return original_cast.__func__(cls, signed, bit_width, torch.round(zero_point).clamp(lo, hi))
-
-    qcdq.DQMixin.assert_ge_zero = lambda self, *args: None
-    ZeroPointHandlerMixin.zero_point_with_dtype = classmethod(rounded)
-    try:
-        yield
-    finally:
-        qcdq.DQMixin.assert_ge_zero = original_assert
-        ZeroPointHandlerMixin.zero_point_with_dtype = original_cast
-
-
-@dataclass
-class Deployable:
-    """What is exported, and what it is compared with.
-
-    Attributes:
-        frozen: the frozen quantized model (bit widths fixed per layer).
-        reference: ``frozen`` with layers above 8 bits at 8: what the exported graph computes.
-        deploy: ``reference`` with integer zero points inside the 8-bit container: what
-            Brevitas's exporter sees.
-        shifts: activation layer name -> ``c = s * (z - Z)`` per channel (``z`` the layer's float
-            zero point, ``Z`` the exported integer one); :func:`add_zero_point_shifts` adds ``c``
-            before each QuantizeLinear and subtracts it after the DequantizeLinear, which makes
-            the graph compute ``s * (clamp(round(x / s + z)) - z)`` exactly.
-        notes: bit widths capped to 8, zero points that needed a shift.
-    """
-
-    frozen: nn.Module
-    reference: nn.Module
-    deploy: nn.Module
-    shifts: Dict[str, np.ndarray] = field(default_factory=dict)
-    notes: Dict[str, Any] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def deployable(model: nn.Module, profile: Optional[Mapping[str, int]], parts: Tuple[str, ...] = ("g_a", "g_s")) -> Deployable:
-    """Freeze ``model`` for QCDQ export (see :class:`Deployable`).
-
-    DynaQuant models are frozen with ``profile`` (a dynamic model's per-layer most frequent
-    choice; a static model's own widths otherwise). Layers above 8 bits run at 8 for export:
-    QCDQ's containers are 8 bits wide and Brevitas refuses wider activations. Float zero points
-    (learned offsets) become an integer zero point plus a per-channel shift. Brevitas's stock
-    models and float ones are exported as they are.
-    """
-    from dynaquant_brevitas.transform import dynaquant_layers, freeze
-
-    notes: Dict[str, Any] = {
-        "containers": "QuantizeLinear/DequantizeLinear in int8 (signed) or uint8 containers; widths below 8 "
-        "add a Clip to the b-bit range; widths above 8 are exported at 8 (bits_capped_to_8)",
-        "exported_bits": {},
-        "bits_capped_to_8": {},
-        "zero_points_fractional": 0,
-        "zero_points_outside_int8": 0,
-    }
-    if not _dynaquant_layers(model):
-        notes["exported_bits"] = _exported_bits(model, parts)
-        return Deployable(model, model, model, {}, notes)
-    frozen = (freeze(model, profile or "max") if hasattr(model, "dynaquant") else model).eval()
-    reference = copy.deepcopy(frozen)
-    for name, layer in dynaquant_layers(reference):
-        if name.split(".")[0] in parts and layer.bit_width > 8:
-            notes["bits_capped_to_8"][name] = layer.bit_width
-            layer.set_bit_width(8)
-    notes["exported_bits"] = _exported_bits(reference, parts)
-    deploy = copy.deepcopy(reference)
-    shifts: Dict[str, np.ndarray] = {}
-    for name, layer in dynaquant_layers(deploy):
-        if name.split(".")[0] not in parts:  # only what is exported
-            continue
-        for quant in layer.tensor_quants():
-            if quant.offset.numel() == 0 or not bool(torch.any(quant.offset != 0)):
-                continue
-            _, qmax = quant.levels(int(quant.static_bit_width))
-            scale = quant.range.clamp_min(1e-8) / qmax
-            zero = -quant.offset / scale
-            lo, hi = (-128, 127) if quant.signed else (0, 255)
-            integer = torch.round(zero).clamp(lo, hi)
-            notes["zero_points_fractional"] += int((torch.abs(zero - torch.round(zero)) > 1e-4).sum())
-            notes["zero_points_outside_int8"] += int((torch.round(zero) != integer).sum())
-            if not quant.is_weight:
-                shape = [1] * quant.input_ndim
-                shape[quant.channel_dim % quant.input_ndim] = -1
-                shifts[name] = (scale * (zero - integer)).reshape(shape).cpu().numpy().astype(np.float32)
-            quant.offset.data = -integer * scale
-    return Deployable(frozen, reference, deploy, shifts, notes)
-
-
-def _exported_bits(model: nn.Module, parts: Tuple[str, ...]) -> Dict[str, int]:
-    from dynaquant_brevitas.packing import quantized_weight_layers
-
-    return {name: int(layer.quant_weight().bit_width) for name, layer in quantized_weight_layers(model)
-            if name.split(".")[0] in parts}
-
-
-def add_zero_point_shifts(path: Path, part: str, shifts: Mapping[str, np.ndarray]) -> int:
-    """Insert ``Add(c)`` before and ``Add(-c)`` after each shifted activation quantizer of ``part``
-    in an exported QCDQ graph (nodes found by Brevitas's names); returns how many were shifted."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    graph_model = onnx.load(str(path))
-    graph = graph_model.graph
-    nodes = {n.name: n for n in graph.node}
-    done = 0
-    for layer, shift in shifts.items():
-        head, _, rest = layer.partition(".")
-        if head != part:
-            continue
-        prefix = "/" + rest.replace(".", "/") + "/input_quant/export_handler/"
-        quantize, dequantize = nodes.get(prefix + "QuantizeLinear"), nodes.get(prefix + "DequantizeLinear")
-        if quantize is None or dequantize is None:
-            raise RuntimeError(f"{path}: no QuantizeLinear/DequantizeLinear named {prefix}*")
-        plus, minus = f"{prefix}shift", f"{prefix}unshift"
-        graph.initializer.extend([numpy_helper.from_array(shift, plus), numpy_helper.from_array(-shift, minus)])
-        shifted, restored = f"{prefix}shifted", f"{prefix}restored"
-        for node in graph.node:  # consumers of the dequantized value read the restored one
-            for i, name in enumerate(node.input):
-                if name == dequantize.output[0]:
-                    node.input[i] = restored
-        for output in graph.output:
-            if output.name == dequantize.output[0]:
-                raise RuntimeError("a quantizer's output is the graph output")
-        index = list(graph.node).index(quantize)
-        graph.node.insert(index, helper.make_node("Add", [quantize.input[0], plus], [shifted], name=f"{prefix}Shift"))
-        quantize.input[0] = shifted
-        index = list(graph.node).index(dequantize)
-        graph.node.insert(index + 1, helper.make_node("Add", [dequantize.output[0], minus], [restored],
-                                                      name=f"{prefix}Unshift"))
-        done += 1
-    onnx.checker.check_model(graph_model)
-    onnx.save(graph_model, str(path))
-    return done
-
-
-def export_qcdq(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    from brevitas.export import export_onnx_qcdq
-
-    from dynaquant_brevitas.quant import proxies  # noqa: F401  registers DynaQuant's proxies
-
-    with qcdq_export_patches(), torch.no_grad():
-        export_onnx_qcdq(module.eval(), example, str(path), dynamo=False, opset_version=13)
-    return path
-
-
 def export_float(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     with torch.no_grad():
         torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=13)
     return path
-
-
-def ort_session(path: Path) -> Tuple[Any, Dict[str, int]]:
-    """An onnxruntime CPU session (all graph optimisations, one thread) and the operator counts
-    of the graph it actually runs (the optimised model it writes beside ``path``)."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    optimized = path.with_name(path.stem + ".optimized.onnx")
-    options.optimized_model_filepath = str(optimized)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-    return session, dict(sorted(ops.items()))
 
 
 def _runner(session: Any, x: np.ndarray) -> Callable[[], Any]:
@@ -430,12 +247,12 @@ def measure_latency(
             variants[f"ort_qcdq.{part}"] = run
             graphs[f"ort_qcdq.{part}"] = {
                 "ops": ops,
-                "int_kernels": sum(n for op, n in ops.items() if op in INT_KERNELS),
+                "int_kernels": int_kernel_count(ops),
                 "max_abs_error_vs_torch": float(np.abs(got - exported).max()),
                 "max_abs_error_vs_frozen_model": float(np.abs(got - frozen).max()),
                 "output_max_abs": float(np.abs(frozen).max()),
             }
-            samples = _calibration_inputs(dep.reference, part, inp, calibration)
+            samples = [inp.numpy()] if calibration is None else calibration_inputs(dep.reference, part, calibration)
             for kernel in int8_kernels:
                 key = "ort_int8" if kernel == int8_kernels[0] else f"ort_int8_{kernel}"
                 graphs[f"{key}.{part}"], run = _int8_variant(path, part, samples, kernel, inp, exported, frozen)
@@ -474,17 +291,6 @@ def calibration_crops(root: str, count: int, size: int) -> List[torch.Tensor]:
     return [data[i % len(data)][None] for i in range(count)]
 
 
-def _calibration_inputs(reference: nn.Module, part: str, inp: torch.Tensor,
-                        calibration: Optional[List[torch.Tensor]]) -> List[np.ndarray]:
-    """Calibration batches for ``part``: the images for ``g_a``, their rounded latents for ``g_s``."""
-    if calibration is None:
-        return [inp.numpy()]
-    if part == "g_a":
-        return [c.numpy() for c in calibration]
-    with torch.no_grad():
-        return [torch.round(reference.g_a(c)).numpy() for c in calibration]
-
-
 def _int8_variant(path: Path, part: str, samples: List[np.ndarray], kernel: str, inp: torch.Tensor,
                   exported: np.ndarray, frozen: np.ndarray) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
     """Graph facts of the integer-kernel rewrite of the QCDQ graph ``path``, and its runner
@@ -499,7 +305,7 @@ def _int8_variant(path: Path, part: str, samples: List[np.ndarray], kernel: str,
     session, ops = int8_session(report.path)
     run = _runner(session, inp.numpy())
     got = run()[0]
-    facts.update(ops=ops, int_kernels=sum(n for op, n in ops.items() if op in INT_KERNELS),
+    facts.update(ops=ops, int_kernels=int_kernel_count(ops),
                  max_abs_error_vs_torch=float(np.abs(got - exported).max()),
                  max_abs_error_vs_frozen_model=float(np.abs(got - frozen).max()),
                  output_max_abs=float(np.abs(frozen).max()))

@@ -148,7 +148,7 @@ def test_clear_errors(per_tensor, tmp_path):
 
 
 def test_per_tensor_shift_folds_into_bias(tmp_path):
-    """``Add(c) -> Q -> DQ -> Add(-c) -> Conv`` (bench_measure.add_zero_point_shifts's pattern):
+    """``Add(c) -> Q -> DQ -> Add(-c) -> Conv`` (qcdq.add_zero_point_shifts's pattern):
     the unshift moves into the bias, so the convolution fuses; the result differs only at the border."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
