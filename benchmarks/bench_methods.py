@@ -97,6 +97,10 @@ METHODS: List[Method] = [
            _dq((8,), learn_offset=False)),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_scale=False)),
+    Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",
+           _dq((6,), estimator="ste")),
+    Method("dynaquant-int6-beta4", "dynaquant", "DynaQuant static int6 with a sharper DGM (beta 4 instead of 1)",
+           _dq((6,), beta=4.0)),
     Method("ptq-int8", "ptq", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
 ]
 
