@@ -226,6 +226,10 @@ def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def _signed(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
 def _bd_cell(row: Mapping[str, Any]) -> str:
     if row["bd_rate_vs_float_pct"] is not None:
         return f"{row['bd_rate_vs_float_pct']:+.2f}"
@@ -249,7 +253,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         ratio = (f"{1 / row['encoder_latency_ratio_vs_float']:.2f}x / {1 / row['decoder_latency_ratio_vs_float']:.2f}x"
                  if row["encoder_latency_ratio_vs_float"] is not None else "n/a")
         lines.append(
-            f"| {row['method']} | {_bd_cell(row)} | {_fmt(row.get('bd_rate_vs_float_finetuned_pct'), 2)} | "
+            f"| {row['method']} | {_bd_cell(row)} | {_signed(row.get('bd_rate_vs_float_finetuned_pct'))} | "
             f"{_fmt(row['avg_bits_per_param'])}{dyn} | "
             f"{_fmt(row['avg_bits_bitops'])} | {_fmt(row['bitops_ratio'], 3)} | {_fmt(packed, 1)}{vs_bits} | "
             f"{_fmt(row['encoder_latency_ms'], 1)} | {_fmt(row['decoder_latency_ms'], 1)} | {ratio} | {_int8_cell(row)} | "
@@ -271,12 +275,13 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             notes.append(f"- {row['method']}: float zero points exported as integer ones plus a per-channel Add "
                          f"before QuantizeLinear and after DequantizeLinear ({export['shifted_quantizers']} "
                          f"quantizers; {export.get('zero_points_outside_int8', 0)} channels lie outside int8).")
-        errors = [f"{part.split('.')[-1]}: {g['max_abs_error_vs_torch']:.3g} of {g['output_max_abs']:.3g}"
-                  for part, g in graphs.items() if "max_abs_error_vs_torch" in g]
-        kernels = sum(g.get("int_kernels", 0) for g in graphs.values())
-        if errors:
-            notes.append(f"- {row['method']}: onnxruntime ran {kernels} integer kernels; QCDQ output vs PyTorch, "
-                         f"max abs error {'; '.join(errors)}.")
+        for graph, what in (("ort_qcdq", "QCDQ graph"), ("ort_int8", "integer-kernel graph")):
+            errors = [f"{part.split('.')[-1]}: {g['max_abs_error_vs_torch']:.3g} of {g['output_max_abs']:.3g}"
+                      for part, g in graphs.items() if part.startswith(graph + ".") and "max_abs_error_vs_torch" in g]
+            kernels = sum(g.get("int_kernels", 0) for part, g in graphs.items() if part.startswith(graph + "."))
+            if errors:
+                notes.append(f"- {row['method']}: {what}, {kernels} integer kernels run by onnxruntime; output vs "
+                             f"PyTorch, max abs error {'; '.join(errors)}.")
     settings = summary.get("settings", {})
     header = [
         f"Mode: **{summary.get('mode')}**; {settings.get('train', {}).get('steps')} fine-tuning steps per method "
@@ -315,8 +320,7 @@ def readme_table(summary: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
-        bd, bd_ft = (f"{v:+.2f}" if v is not None else "n/a"
-                     for v in (row["bd_rate_vs_float_pct"], row.get("bd_rate_vs_float_finetuned_pct")))
+        bd, bd_ft = (_signed(v) for v in (row["bd_rate_vs_float_pct"], row.get("bd_rate_vs_float_finetuned_pct")))
         speed = (f"{1 / row['encoder_latency_ratio_vs_float']:.2f}x / {1 / row['decoder_latency_ratio_vs_float']:.2f}x"
                  if row["encoder_latency_ratio_vs_float"] else "n/a")
         packed = row["packed_size_bytes"] / 1000 if row["packed_size_bytes"] is not None else None

@@ -48,6 +48,10 @@ class DynaQuantConfig:
             steps the FPGA export has to re-quantize the next layer's weights, see
             :mod:`dynaquant_brevitas.export.integer`).
         weight_offset: learn per-channel weight offsets as well.
+        integer_zero_point: round every zero point ``-offset / step`` to an integer (straight-through,
+            the offset still learns), so that 0 is exactly on the grid: the latents CompressAI's
+            synthesis and hyper-synthesis transforms receive are integers, mostly 0. It also makes
+            the exported zero points exact (no correction shifts).
         gamma: weight of the bit loss (expected average bit width) in the training loss.
         target_bits: average bit width to reach; training then adjusts ``gamma`` itself.
         tau_start, tau_end, tau_decay_steps: Gumbel-softmax temperature, decayed exponentially
@@ -71,6 +75,7 @@ class DynaQuantConfig:
     learn_offset: bool = True
     activation_per_channel: bool = True
     weight_offset: bool = False
+    integer_zero_point: bool = False
     gamma: float = 0.0
     target_bits: Optional[float] = None
     tau_start: float = 2.0

@@ -55,6 +55,7 @@ def quantizer_kwargs(
     activation_per_channel: bool = True,
     weight_offset: bool = False,
     calibration_steps: int = 8,
+    integer_zero_point: bool = False,
 ) -> Dict[str, Any]:
     """Keyword arguments that configure a Brevitas layer with DynaQuant quantizers."""
     kwargs: Dict[str, Any] = {
@@ -64,6 +65,7 @@ def quantizer_kwargs(
         "weight_rounding_beta": beta,
         "weight_learn_range": learn_scale,
         "weight_learn_offset": weight_offset,
+        "weight_integer_zero_point": integer_zero_point,
         "bias_quant": None,
         "output_quant": None,
         "return_quant_tensor": False,
@@ -78,6 +80,7 @@ def quantizer_kwargs(
             input_learn_offset=learn_offset,
             input_per_channel=activation_per_channel,
             input_calibration_steps=calibration_steps,
+            input_integer_zero_point=integer_zero_point,
         )
     return kwargs
 

@@ -277,6 +277,7 @@ def _quantizer_options(config: DynaQuantConfig) -> Dict[str, object]:
         activation_per_channel=config.activation_per_channel,
         weight_offset=config.weight_offset,
         calibration_steps=config.calibration_steps,
+        integer_zero_point=config.integer_zero_point,
     )
 
 

@@ -135,6 +135,28 @@ def test_range_and_offset_are_per_channel_and_receive_gradients():
     assert {id(p) for p in (w.range, w.offset, a.range, a.offset)} <= {id(p) for p in conv.parameters()}
 
 
+def test_integer_zero_points_put_zero_on_the_grid_and_keep_the_offset_learning():
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8) * 5 + 0.3  # positive, so the calibrated offset is far from zero
+    x[:, :, :2] = 0.0  # the zeros a latent is full of
+    outputs = {}
+    for integer in (False, True):
+        quant = QuantIdentity(act_quant=DynaActQuant, integer_zero_point=integer, calibration_steps=1,
+                              return_quant_tensor=False).train()
+        quant(x)  # calibration
+        tq = quant.act_quant.fused_activation_quant_proxy.tensor_quant
+        outputs[integer] = quant(x)
+        zero_point = -tq.offset / (tq.range / 127)
+        assert bool((zero_point != torch.round(zero_point)).any())  # the learned offsets are fractional
+        if integer:
+            tq.offset.grad = None
+            outputs[integer].sum().backward()
+            assert tq.offset.grad is not None and bool((tq.offset.grad != 0).all())
+    assert bool((outputs[False][:, :, :2] != 0).any())  # a fractional zero point misses zero ...
+    assert bool((outputs[True][:, :, :2] == 0).all())  # ... an integer one hits it exactly
+    assert torch.allclose(outputs[True], outputs[False], atol=5 * 5.3 / 127)
+
+
 def test_default_weight_quantizer_has_a_fixed_zero_offset():
     tq = weight_tq(QuantConv2d(3, 4, 3, weight_quant=DynaWeightQuant))
     assert not tq.offset.requires_grad and torch.equal(tq.offset, torch.zeros(4))

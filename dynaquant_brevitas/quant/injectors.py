@@ -66,6 +66,7 @@ class _ContentAware(ExtendedInjector):
     bit_width = 8
     learn_range = True
     per_channel = True
+    integer_zero_point = False
 
 
 class ContentAwareWeight(_ContentAware):

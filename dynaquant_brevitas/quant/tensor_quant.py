@@ -160,6 +160,7 @@ class ContentAwareIntQuant(nn.Module):
         calibration_steps: int,
         channel_dim: int = 1,
         tracked_parameter_list: Optional[List[Tensor]] = None,
+        integer_zero_point: bool = False,
     ) -> None:
         super().__init__()
         _check_bits(bit_width)
@@ -175,6 +176,7 @@ class ContentAwareIntQuant(nn.Module):
         self.stats_percentile = float(stats_percentile)
         self.calibration_steps = int(calibration_steps)
         self.channel_dim = int(channel_dim)
+        self.integer_zero_point = bool(integer_zero_point)
         self.range = nn.Parameter(torch.empty(0), requires_grad=self.learn_range)
         self.offset = nn.Parameter(torch.empty(0), requires_grad=self.learn_offset)
         self.register_buffer("static_bit_width", torch.tensor(float(bit_width)))
@@ -273,6 +275,14 @@ class ContentAwareIntQuant(nn.Module):
         ndim = x.dim() if x.dim() > 0 else self.input_ndim
         return self._param_view(range_, ndim).clamp_min(_MIN_RANGE), self._param_view(offset, ndim)
 
+    def _zero_point(self, offset: Tensor, scale: Tensor) -> Tensor:
+        """``-offset / scale``; rounded (straight-through, so the offset keeps learning) when zero
+        points are integers, which puts an exact 0 on the grid."""
+        zero_point = -offset / scale
+        if self.integer_zero_point:
+            zero_point = torch.round(zero_point).detach() + (zero_point - zero_point.detach())  # exact in value
+        return zero_point
+
     def _fake_quantize(self, x: Tensor, scale: Tensor, zero_point: Tensor, qmin, qmax) -> Tensor:
         impl = self.float_to_int_impl
         multiplier = getattr(impl, "grad_multiplier", None)
@@ -289,7 +299,7 @@ class ContentAwareIntQuant(nn.Module):
         qmin, qmax = self.levels(bits)
         range_, offset = self._grid(x, qmax)
         scale = range_ / qmax
-        zero_point = -offset / scale
+        zero_point = self._zero_point(offset, scale)
         x_hat = self._fake_quantize(x, scale, zero_point, qmin, qmax)
         return x_hat, scale, zero_point, torch.tensor(float(bits), device=x.device)
 
@@ -317,7 +327,7 @@ class ContentAwareIntQuant(nn.Module):
         range_, offset = self._grid(x, qmax)
         scale = range_ / qmax
         bound = functools.partial(torch.tensor, dtype=x.dtype, device=x.device)
-        return scale, -offset / scale, bound(float(qmin)), bound(float(qmax))
+        return scale, self._zero_point(offset, scale), bound(float(qmin)), bound(float(qmax))
 
     def _mix_quantized_weights(self, weight: Tensor, choice: BitChoice, w: Tensor, table: Tensor):
         """One quantized weight per sample, ``sum_k w_nk Q_k(W)``: shape ``(N, *weight.shape)``."""
