@@ -51,6 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="trained brevitas-int8 checkpoint (glob)")
     p.add_argument("--dynaquant", default="runs/bench/train/dynaquant-int8/q4-*/final.pt",
                    help="trained DynaQuant int8 checkpoint (glob), fusion check only")
+    p.add_argument("--dynaquant-pt", default="runs/bench/train/dynaquant-int8-pt/q4-*/final.pt",
+                   help="trained per-tensor DynaQuant int8 checkpoint (glob); when none matches, a calibrated "
+                        "(post-training) per-tensor model is measured instead")
     p.add_argument("--kodak", default="../shared/data/kodak")
     p.add_argument("--train", default="../shared/data/train", help="calibration crops come from here")
     p.add_argument("--calibration-images", type=int, default=8)
@@ -153,10 +156,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from dynaquant_brevitas.checkpoint import load_model
 
     float_model = load_model(args.reference).eval()
-    models = {
-        "brevitas-int8": bench_methods.brevitas_from_checkpoint(args.reference, _one(args.brevitas)),
-        "dynaquant-int8-per-tensor-ptq": per_tensor_dynaquant(args.reference, crops),
-    }
+    trained_pt = sorted(glob.glob(args.dynaquant_pt))
+    models = {"brevitas-int8": bench_methods.brevitas_from_checkpoint(args.reference, _one(args.brevitas))}
+    if trained_pt:
+        models["dynaquant-int8-pt"] = load_model(trained_pt[0]).eval()
+    else:
+        models["dynaquant-int8-per-tensor-ptq"] = per_tensor_dynaquant(args.reference, crops)
     result: Dict[str, Any] = {
         "machine": bench_measure.machine_info(),
         "note": "measured while another benchmark job used one of the two cores: absolute times are noisy, "
