@@ -91,8 +91,28 @@ def _rel(path: Any) -> str:
     return os.path.relpath(Path(path).resolve(), ROOT)
 
 
+#: the keys every settings file must define, per section
+REQUIRED_SETTINGS = {
+    "train": ("data", "steps", "lr", "batch_size", "patch_size", "calibration_batches", "seed"),
+    "eval": ("images", "max_images", "crop"),
+    "latency": ("quality", "height", "width", "repeats", "warmup", "int8_kernel", "int8_calibration_images",
+                "int8_calibration_size"),
+    "train_step": ("batch_size", "patch_size", "repeats", "warmup"),
+}
+
+
 def load_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    settings = yaml.safe_load(args.config.read_text())
+    """The settings file, checked for every key the run reads (a clear error names what is missing)."""
+    try:
+        settings = yaml.safe_load(args.config.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"cannot read the settings file {args.config}: {err}") from None
+    if not isinstance(settings, dict):
+        raise SystemExit(f"{args.config}: expected a mapping of sections, got {type(settings).__name__}")
+    missing = [f"{section}.{key}" for section, keys in REQUIRED_SETTINGS.items()
+               for key in keys if key not in (settings.get(section) or {})]
+    if missing:
+        raise SystemExit(f"{args.config}: missing setting(s) {', '.join(missing)} (see benchmarks/config.yaml)")
     if args.quick:
         for section, values in QUICK.items():
             settings[section].update(values)

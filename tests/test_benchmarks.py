@@ -111,6 +111,17 @@ def test_quick_mode_refuses_the_committed_results_folder():
         run.main(["--quick", "--output", str(REPO / "benchmarks" / "results")])
 
 
+def test_a_settings_file_missing_keys_is_refused_naming_them(tmp_path):
+    run = _bench_module("run")
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "benchmarks" / "config.yaml").read_text().replace("  int8_kernel: u8s8\n", ""))
+    with pytest.raises(SystemExit, match="missing setting.*latency.int8_kernel"):
+        run.main(["--config", str(config)])
+    config.write_text("- just a list\n")
+    with pytest.raises(SystemExit, match="expected a mapping"):
+        run.main(["--config", str(config)])
+
+
 def test_bd_rate_only_with_four_points_per_curve():
     report = _bench_module("bench_report")
     rates, psnrs = [0.2, 0.4, 0.8, 1.6], [28.0, 31.0, 34.0, 37.0]
