@@ -1,16 +1,16 @@
 """Measurements behind ``benchmarks/run.py``: bits, packed sizes, latencies, training-step times.
 
-* bits: :func:`dynaquant_brevitas.cost.average_bits` on :func:`~dynaquant_brevitas.cost.layer_macs`
+* bits: :func:`dynaquant_brevitas.transform.cost.average_bits` on :func:`~dynaquant_brevitas.transform.cost.layer_macs`
   (the same formulas for Brevitas's stock layers, whose bit width ``cost`` does not know);
-* sizes: :func:`dynaquant_brevitas.packing.pack_model` writes the packed file and its length is the
-  size; :func:`dynaquant_brevitas.cost.model_size_bytes` is the estimate it is compared with;
+* sizes: :func:`dynaquant_brevitas.export.packing.pack_model` writes the packed file and its length is the
+  size; :func:`dynaquant_brevitas.transform.cost.model_size_bytes` is the estimate it is compared with;
 * latency: ``g_a`` and ``g_s`` in float PyTorch, the same float modules exported to ONNX, the
   frozen quantized model exported with Brevitas's ``export_onnx_qcdq``, and that QCDQ graph with
   its convolutions' outputs quantized so that onnxruntime runs integer kernels
   (:func:`dynaquant_brevitas.export.ort_int8.quantize_conv_outputs`), all run by onnxruntime
   (CPU, ``ORT_ENABLE_ALL``, one intra-op thread); every variant interleaved in one loop, medians.
   The QCDQ export itself is :mod:`dynaquant_brevitas.export.qcdq` (``dynaquant export --format qcdq``);
-* training step: ``dynaquant_brevitas.train.train_step`` (forward, loss, backward, optimiser
+* training step: ``dynaquant_brevitas.training.train_step`` (forward, loss, backward, optimiser
   steps) of the method against float, interleaved, medians.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import os
 import platform
 import statistics
@@ -30,14 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynaquant_brevitas.export.qcdq import (
-    add_zero_point_shifts,
-    calibration_inputs,
-    deployable,
-    export_qcdq,
-    int_kernel_count,
-    ort_session,
-)
+from dynaquant_brevitas.export.ort import int8_session, int_kernel_count, ort_session
+from dynaquant_brevitas.export.qcdq import add_zero_point_shifts, calibration_inputs, deployable, export_qcdq
 
 # --------------------------------------------------------------------------- machine
 
@@ -86,44 +79,11 @@ def machine_line(info: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- bits and sizes
 
 
-def _dynaquant_layers(model: nn.Module):
-    from dynaquant_brevitas.transform import dynaquant_layers
-
-    return list(dynaquant_layers(model))
-
-
-def layer_bit_widths(model: nn.Module, profile: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
-    """Bit width of every compute layer: ``cost.layer_bits`` for DynaQuant and float models; for
-    Brevitas's stock layers the weight quantizer's bit width (32 where quantization is off)."""
-    from dynaquant_brevitas.cost import _COMPUTE_LAYERS, layer_bits
-
-    if _dynaquant_layers(model) or not any(hasattr(m, "weight_quant") for m in model.modules()):
-        return layer_bits(model, profile)
-    bits = {}
-    for name, module in model.named_modules():
-        if isinstance(module, _COMPUTE_LAYERS):
-            proxy = getattr(module, "weight_quant", None)
-            enabled = proxy is not None and getattr(proxy, "is_quant_enabled", False)
-            bits[name] = float(module.quant_weight().bit_width) if enabled else 32.0
-    return bits
-
-
 def bit_figures(model: nn.Module, macs: Mapping[str, int], profile: Optional[Mapping[str, float]]) -> Dict[str, float]:
-    """``bits_per_param``, ``bits_bitops``, ``bitops_ratio`` (``cost.average_bits``'s definitions)."""
-    from dynaquant_brevitas.cost import average_bits
+    """``bits_per_param``, ``bits_bitops``, ``bitops_ratio`` (:func:`~dynaquant_brevitas.transform.cost.average_bits`)."""
+    from dynaquant_brevitas.transform.cost import average_bits
 
-    if _dynaquant_layers(model) or not any(hasattr(m, "weight_quant") for m in model.modules()):
-        return average_bits(model, macs, profile)
-    bits = layer_bit_widths(model)  # the same formulas, with Brevitas's bit widths
-    modules = dict(model.named_modules())
-    params = {name: modules[name].weight.numel() for name in bits}
-    total_macs = sum(macs.get(name, 0) for name in bits)
-    bitops = sum(macs.get(name, 0) * b * b for name, b in bits.items())
-    return {
-        "bits_per_param": sum(params[n] * b for n, b in bits.items()) / max(1, sum(params.values())),
-        "bits_bitops": math.sqrt(bitops / total_macs),
-        "bitops_ratio": bitops / (total_macs * 32 * 32),
-    }
+    return average_bits(model, macs, profile)
 
 
 def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str, float]], Optional[Dict[str, int]]]:
@@ -142,8 +102,8 @@ def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str
 
 def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) -> Dict[str, Any]:
     """Packed sizes (files written under ``folder``) and the ``cost`` estimate."""
-    from dynaquant_brevitas.cost import model_size_bytes
-    from dynaquant_brevitas.packing import pack_model
+    from dynaquant_brevitas.transform.cost import model_size_bytes
+    from dynaquant_brevitas.export.packing import pack_model
     from dynaquant_brevitas.transform import freeze
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,15 +118,7 @@ def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) 
         out["model_size_estimate_bytes"] = model_size_bytes(model, mean)
     else:
         packed = pack_model(model, folder / "model.dqpk")
-        if _dynaquant_layers(model) or not any(hasattr(m, "weight_quant") for m in model.modules()):
-            out["model_size_estimate_bytes"] = model_size_bytes(model)
-        else:  # Brevitas stock layers: the same estimate, with their bit widths
-            bits = layer_bit_widths(model)
-            modules = dict(model.named_modules())
-            quantized = {id(modules[n].weight): b for n, b in bits.items() if b < 32}
-            packed_bits = sum(p.numel() * quantized[id(p)] for p in model.parameters() if id(p) in quantized)
-            floats = sum(p.numel() for p in model.parameters() if id(p) not in quantized)
-            out["model_size_estimate_bytes"] = int(math.ceil(packed_bits / 8)) + 4 * floats
+        out["model_size_estimate_bytes"] = model_size_bytes(model)
     out["packed_size_bytes"] = packed.size_bytes
     out["packed"] = {k: v for k, v in packed.to_dict().items() if k != "layers"}
     out["packed"]["layer_bits"] = {k: v[0] for k, v in packed.layers.items()}
@@ -284,7 +236,7 @@ def measure_latency(
 def calibration_crops(root: str, count: int, size: int) -> List[torch.Tensor]:
     """``count`` random ``size`` px training crops, one image each, seeded: the integer-kernel
     variant's calibration images."""
-    from dynaquant_brevitas.data import ImageFolderCrops
+    from dynaquant_brevitas.io.images import ImageFolderCrops
 
     torch.manual_seed(0)
     data = ImageFolderCrops(root, size)
@@ -295,7 +247,7 @@ def _int8_variant(path: Path, part: str, samples: List[np.ndarray], kernel: str,
                   exported: np.ndarray, frozen: np.ndarray) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
     """Graph facts of the integer-kernel rewrite of the QCDQ graph ``path``, and its runner
     (``None`` when no convolution could be prepared)."""
-    from dynaquant_brevitas.export.ort_int8 import int8_session, quantize_conv_outputs
+    from dynaquant_brevitas.export.ort_int8 import quantize_conv_outputs
 
     report = quantize_conv_outputs(path, samples, path.with_name(f"int8_{kernel}.{part}.onnx"), kernel=kernel)
     facts: Dict[str, Any] = {"kernel": kernel, "prepared": len(report.quantized), "skipped": report.skipped,
@@ -337,7 +289,7 @@ def measure_train_step(float_state: Any, float_cfg: Any, state: Any, cfg: Any, x
                        repeats: int, warmup: int) -> Dict[str, Any]:
     """``train.train_step`` of the method against float on the same batch, interleaved medians."""
     from dynaquant_brevitas.quant.fake_quant import compiled_kernels_enabled
-    from dynaquant_brevitas.train import train_step
+    from dynaquant_brevitas.training import train_step
 
     medians = interleaved_medians(
         {"float": lambda: train_step(float_state, x, float_cfg), "method": lambda: train_step(state, x, cfg)},

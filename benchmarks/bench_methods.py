@@ -1,9 +1,9 @@
 """The methods compared by ``benchmarks/run.py`` and how each one's model is obtained.
 
 Every quantization-aware method starts from the same float reference checkpoint and is
-fine-tuned with the same steps, learning rate, data and data order (``dynaquant_brevitas.train``:
-``TrainConfig`` / ``train()``, or for Brevitas's stock quantizers a loop made of the same
-``train.py`` pieces: ``build_float_model``, ``batches_from``, ``train_step``, checkpoints).
+fine-tuned with the same steps, learning rate, data and data order by the library's own loop
+(``dynaquant_brevitas.training.train``); Brevitas's stock quantizers come in through its
+``prepare`` argument.
 The fixed-precision layers (first module of ``g_a``/``g_s``, hyper transforms) stay at 8 bits
 in every quantized method; GDN/IGDN and the entropy models stay float (the plan of
 ``dynaquant_brevitas.transform.plan_quantization``).
@@ -12,7 +12,7 @@ in every quantized method; GDN/IGDN and the entropy models stay float (the plan 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,12 +22,9 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from dynaquant_brevitas.checkpoint import load_checkpoint, save_atomic, weights_only
-from dynaquant_brevitas.config import DynaQuantConfig
-from dynaquant_brevitas.train import TrainConfig
-
-#: the training module (``dynaquant_brevitas.train`` as an attribute is the ``train`` function)
-T = importlib.import_module("dynaquant_brevitas.train")
+from dynaquant_brevitas.io.checkpoint import load_checkpoint
+from dynaquant_brevitas.training import FINAL, LAST, TrainConfig, train
+from dynaquant_brevitas.transform import DynaQuantConfig
 
 
 @dataclass(frozen=True)
@@ -42,12 +39,14 @@ class Method:
             (``dynaquantize`` + calibration, no training).
         description: one line for the tables.
         quant: ``DynaQuantConfig`` fields (``dynaquant`` and ``ptq`` kinds).
+        schedule: training settings of the ``quant`` section (e.g. ``target_bits``).
     """
 
     name: str
     kind: str
     description: str
     quant: Dict[str, Any] = field(default_factory=dict)
+    schedule: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
@@ -58,11 +57,15 @@ class Method:
         return len(self.quant.get("candidate_bits", ())) > 1
 
     def spec(self) -> Dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "quant": self.quant}
+        return {"name": self.name, "kind": self.kind, "quant": self.quant, "schedule": self.schedule}
 
 
 def _dq(candidates, **extra) -> Dict[str, Any]:
     return {"candidate_bits": list(candidates), "fixed_bits": 8, **extra}
+
+
+def _target(bits: float) -> Dict[str, Any]:
+    return {"target_bits": bits}
 
 
 METHODS: List[Method] = [
@@ -75,30 +78,30 @@ METHODS: List[Method] = [
         "Brevitas stock int8: Int8WeightPerChannelFloat weights, Int8ActPerTensorFloat inputs, STE",
     ),
     Method("lsq-int6", "dynaquant", "LSQ int6: learned per-channel step, STE, no offsets",
-           _dq((6,), estimator="ste", learn_offset=False)),
+           _dq((6,), rounding="ste", learn_offset=False)),
     Method("lsq-int4", "dynaquant", "LSQ int4: learned per-channel step, STE, no offsets",
-           _dq((4,), estimator="ste", learn_offset=False)),
+           _dq((4,), rounding="ste", learn_offset=False)),
     Method("dynaquant-int8", "dynaquant", "DynaQuant static int8: content-aware scale and offset, DGM", _dq((8,))),
     Method("dynaquant-int8-pt", "dynaquant",
            "DynaQuant static int8 with one activation step per tensor (integer kernels in onnxruntime, exact FINN path)",
            _dq((8,), activation_per_channel=False)),
     Method("dynaquant-int6", "dynaquant", "DynaQuant static int6: content-aware scale and offset, DGM", _dq((6,))),
     Method("dynaquant-dyn-468-t6", "dynaquant", "DynaQuant dynamic {4,6,8}, target 6.0 bits",
-           _dq((4, 6, 8), target_bits=6.0)),
+           _dq((4, 6, 8)), _target(6.0)),
     Method("dynaquant-dyn-468-t5", "dynaquant", "DynaQuant dynamic {4,6,8}, target 5.0 bits",
-           _dq((4, 6, 8), target_bits=5.0)),
+           _dq((4, 6, 8)), _target(5.0)),
     Method("dynaquant-dyn-6810-t7", "dynaquant", "DynaQuant dynamic {6,8,10}, target 7.0 bits",
-           _dq((6, 8, 10), target_bits=7.0)),
+           _dq((6, 8, 10)), _target(7.0)),
     Method("dynaquant-dyn-6810-t8", "dynaquant", "DynaQuant dynamic {6,8,10}, target 8.0 bits",
-           _dq((6, 8, 10), target_bits=8.0)),
+           _dq((6, 8, 10)), _target(8.0)),
     Method("ablation-int8-ste", "dynaquant", "ablation: DynaQuant int8 with STE instead of DGM",
-           _dq((8,), estimator="ste")),
+           _dq((8,), rounding="ste")),
     Method("ablation-int8-no-offset", "dynaquant", "ablation: DynaQuant int8 without learned offsets",
            _dq((8,), learn_offset=False)),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
-           _dq((8,), learn_scale=False)),
+           _dq((8,), learn_range=False)),
     Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",
-           _dq((6,), estimator="ste")),
+           _dq((6,), rounding="ste")),
     Method("dynaquant-int6-beta4", "dynaquant", "DynaQuant static int6 with a sharper DGM (beta 4 instead of 1)",
            _dq((6,), beta=4.0)),
     Method("ptq-int8", "ptq", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
@@ -124,10 +127,11 @@ def select(names: Optional[str]) -> List[Method]:
 def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any], output: Path) -> TrainConfig:
     """The ``TrainConfig`` of one (method, quality): identical for every method but ``quant.config``."""
     steps = int(train["steps"])
-    quant = None
+    quant: Dict[str, Any] = {"config": None}
     if method.kind in ("dynaquant", "ptq"):
-        quant = dict(method.quant)
-        if len(quant["candidate_bits"]) > 1:
+        config = dict(method.quant, calibration_batches=int(train["calibration_batches"]))
+        quant = {"config": config, **method.schedule}
+        if len(config["candidate_bits"]) > 1:
             # the Gumbel temperature reaches its end value at 80 % of the run, as in configs/dynaquant
             quant["tau_decay_steps"] = max(1, int(0.8 * steps))
     return TrainConfig.from_dict(
@@ -152,7 +156,7 @@ def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any
                 "threads": 1,
                 "progress": False,
             },
-            "quant": {"config": quant, "calibration_batches": int(train["calibration_batches"])},
+            "quant": quant,
         }
     )
 
@@ -162,11 +166,9 @@ def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any
 
 def quantized_layer_names(model: nn.Module) -> List[str]:
     """The layers DynaQuant quantizes (fixed and dynamic ones), from its own plan."""
-    from dynaquant_brevitas.plugins import DECODER, ENCODER
     from dynaquant_brevitas.transform import plan_quantization
 
-    plan = plan_quantization(model, DynaQuantConfig(candidate_bits=(8,)))
-    return plan.fixed + plan.dynamic[ENCODER] + plan.dynamic[DECODER]
+    return plan_quantization(model, DynaQuantConfig(candidate_bits=(8,))).quantized
 
 
 def brevitas_int8(model: nn.Module) -> nn.Module:
@@ -232,92 +234,65 @@ def calibrate_brevitas(model: nn.Module, samples) -> None:
 
 def brevitas_from_checkpoint(reference: str, checkpoint: Path) -> nn.Module:
     """Rebuild a trained brevitas-int8 model: the float reference, swapped, with the trained weights."""
-    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.io.checkpoint import load_model
 
     model = brevitas_int8(load_model(reference))
     model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     return model.eval()
 
 
-def train_brevitas(cfg: TrainConfig) -> Path:
-    """Fine-tune the brevitas-int8 baseline like ``train()`` does; resumable; returns ``final.pt``."""
-    from dynaquant_brevitas.data import ImageFolderCrops
-
-    out = Path(cfg.train.output)
-    final, last = out / T.FINAL, out / T.LAST
-    if final.exists():
-        return final
-    ctx = T.Dist()
-    ckpt = load_checkpoint(last) if last.exists() else None
-    T.seed_everything(cfg.train.seed)
-    model, arch, kwargs = T.build_float_model(cfg)
-    T.seed_everything(cfg.train.seed)
-    dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
-    step0 = int(ckpt["step"]) if ckpt else 0
-    batches = T.batches_from(dataset, cfg, step0, ctx)
+def brevitas_prepare(model: nn.Module, cfg: TrainConfig, batches, calibration_batches: int) -> nn.Module:
+    """``train``'s ``prepare`` for the baseline: Brevitas's stock int8 layers, calibrated on a fresh
+    start on as many training batches as DynaQuant's quantizers get."""
     model = brevitas_int8(model)
-    if ckpt is None:
-        calibrate_brevitas(model, [next(batches) for _ in range(cfg.quant.calibration_batches)])
-        batches = T.batches_from(dataset, cfg, step0, ctx)  # calibration consumed batches, as in train()
-    state = T._make_state(model, cfg, arch, kwargs)
-    if ckpt is not None:
-        T.restore_state(state, ckpt, ctx)
-    out.mkdir(parents=True, exist_ok=True)
-    logs: Dict[str, float] = {}
-    start = time.time()
-    while state.step < cfg.train.steps:
-        logs = T.train_step(state, next(batches), cfg)
-        state.step += 1
-        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
-            T._append_log(out, state, logs, time.time() - start)
-        if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.steps:
-            T.save_state(state, cfg, ctx, last)
-    save_atomic(weights_only(load_checkpoint(last)), final)
-    return final
+    if batches is not None:
+        calibrate_brevitas(model, [next(batches) for _ in range(calibration_batches)])
+    return model
 
 
-# --------------------------------------------------------------------------- models per method
-
-
-def train_dynaquant(cfg: TrainConfig) -> Path:
-    """``dynaquant_brevitas.train.train`` (resuming an interrupted run); returns ``final.pt``."""
-    from dynaquant_brevitas.train import FINAL, LAST, train
-
+def train_method(method: Method, cfg: TrainConfig, calibration_batches: int) -> Path:
+    """Fine-tune with the library's loop (resuming an interrupted run); returns ``final.pt``."""
     out = Path(cfg.train.output)
     if not (out / FINAL).exists():
-        train(cfg, resume=(out / LAST).exists())
+        prepare = {}
+        if method.kind == "brevitas":
+            prepare = {"prepare": functools.partial(brevitas_prepare, calibration_batches=calibration_batches)}
+        train(cfg, resume=(out / LAST).exists(), overwrite=True, **prepare)
     return out / FINAL
 
 
-def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig]) -> Dict[str, Any]:
+def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig],
+                 calibration_batches: int = 8) -> Dict[str, Any]:
     """The evaluable model of one (method, quality), training it first if needed.
 
     Returns ``{"model", "checkpoint", "train_seconds"}``; ``train_seconds`` is the wall time of
     the fine-tuning (stored beside the run, so a cached run keeps it), ``None`` without training.
     """
-    from dynaquant_brevitas.checkpoint import load_model
-    from dynaquant_brevitas.evaluate import prepare_for_coding
+    from dynaquant_brevitas.io.checkpoint import load_model
+    from dynaquant_brevitas.evaluation import prepare_for_coding
 
     if method.kind == "float":
         return {"model": prepare_for_coding(load_model(reference["checkpoint"])), "checkpoint": reference["checkpoint"],
                 "train_seconds": None}
     if method.kind == "ptq":
-        from dynaquant_brevitas.data import ImageFolderCrops
+        from dynaquant_brevitas.io.images import ImageFolderCrops
 
-        T.seed_everything(cfg.train.seed)
-        dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
-        batches = T.batches_from(dataset, cfg, 0, T.Dist())
-        model = T.quantize_for_training(load_model(reference["checkpoint"]), cfg, batches, calibrate_=True)
+        from dynaquant_brevitas.training import dynaquant_prepare
+        from dynaquant_brevitas.training.data_order import batches_from, seed_everything
+        from dynaquant_brevitas.training.distributed import Dist
+
+        seed_everything(cfg.train.seed)
+        batches = batches_from(ImageFolderCrops(cfg.data.root, cfg.data.patch_size), cfg, 0, Dist())
+        model = dynaquant_prepare(load_model(reference["checkpoint"]), cfg, batches)
         return {"model": prepare_for_coding(model), "checkpoint": None, "train_seconds": None}
     out = Path(cfg.train.output)
     timing = out / "bench_train.json"
     start = time.time()
     trained_now = not (out / "final.pt").exists()
+    final = train_method(method, cfg, calibration_batches)
     if method.kind == "brevitas":
-        final = train_brevitas(cfg)
         model = brevitas_from_checkpoint(reference["checkpoint"], final)
     else:  # float-ft trains with quant.config None, i.e. in float
-        final = train_dynaquant(cfg)
         model = load_model(final)
     if trained_now:
         timing.write_text(json.dumps({"train_seconds": time.time() - start, "steps": cfg.train.steps}))

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 FIELDS: Dict[str, str] = {
     "method": "row name (benchmarks/bench_methods.py lists them)",
     "bd_rate_vs_float_pct": "Bjontegaard-delta rate in percent against the float reference curve on Kodak "
-    "(dynaquant_brevitas.metrics.bd_rate, Akima); positive means more bits at equal PSNR; null when "
+    "(dynaquant_brevitas.evaluation.metrics.bd_rate, Akima); positive means more bits at equal PSNR; null when "
     "either curve has fewer than 4 points (see bd_rate_reason)",
     "bd_rate_reason": "why bd_rate_vs_float_pct is null (null when it is a number)",
     "bd_rate_vs_float_finetuned_pct": "BD-rate in percent against the float reference fine-tuned in float with the "
@@ -32,13 +32,13 @@ FIELDS: Dict[str, str] = {
     "avg_bits_bitops": "bit width b with b^2 x MACs = BitOPs (MACs x weight bits x activation bits per layer, "
     "MACs from cost.layer_macs at the evaluation image size); mean over qualities",
     "avg_dynamic_layer_bits": "dynamic models: mean chosen bit width of the dynamic layers per image, from "
-    "dynaquant_brevitas.evaluate (the paper's 'avg bits'); null for static models",
+    "dynaquant_brevitas.evaluation (the paper's 'avg bits'); null for static models",
     "bitops_ratio": "BitOPs divided by 32 x 32 x MACs (float = 1)",
     "packed_size_vs_bits_pct": "packed_size_bytes over (avg_bits_per_param / 32) x the float model's packed size, "
     "minus 1, in percent (mean over qualities): what the parameters left in float32 and the file's header add",
     "packed_float32_bytes": "bytes of the packed file spent on float32 tensors (GDN/IGDN, biases, entropy models, "
     "per-channel scales and zero points, activation ranges), mean over qualities",
-    "packed_size_bytes": "length of the packed file (dynaquant_brevitas.packing.pack_model): integer weights "
+    "packed_size_bytes": "length of the packed file (dynaquant_brevitas.export.packing.pack_model): integer weights "
     "bit-packed at their widths, float32 per-channel scales (and zero points), every other parameter "
     "float32, header included; dynamic models frozen at each layer's most frequent choice; mean over qualities",
     "packed_size_all_candidates_bytes": "dynamic models: packed with every candidate's integer weights for the "
@@ -75,7 +75,7 @@ def _float_curve(points: Mapping[int, Mapping[str, Any]]) -> Dict[str, List[floa
 
 def compare_to_float(float_points: Mapping[int, Mapping[str, Any]], points: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
     """BD-rate against float when both curves have 4 points; otherwise null, a reason, and per-quality deltas."""
-    from dynaquant_brevitas.metrics import MetricError, bd_rate, rate_difference_at_quality
+    from dynaquant_brevitas.evaluation.metrics import MetricError, bd_rate, rate_difference_at_quality
 
     anchor = _float_curve(float_points)
     per_quality = []

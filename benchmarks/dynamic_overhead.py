@@ -30,24 +30,19 @@ from compressai.models import ScaleHyperprior
 from torch import nn
 
 from bench_measure import interleaved_medians
-from dynaquant_brevitas import DynaQuantConfig, bit_loss, calibrate, dynaquantize
-from dynaquant_brevitas.layers import DynaQuantConv2d
+from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, rd_loss
+from dynaquant_brevitas.nn.layers import DynaQuantConv2d
 from dynaquant_brevitas.quant import BitChoice
 from dynaquant_brevitas.quant.fake_quant import use_compiled_kernels
 
 CANDIDATES = (4, 6, 8)
 
 
-def rd_loss(out: Dict, x: torch.Tensor, lmbda: float = 0.013, gamma: float = 0.01) -> torch.Tensor:
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
-    bpp = sum(-l.log2().sum() for l in out["likelihoods"].values()) / pixels
-    return bpp + lmbda * 255**2 * F.mse_loss(out["x_hat"], x) + gamma * bit_loss(out)
-
-
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        rd_loss(model(x), x).backward()
+        x_out = model(x)
+        rd_loss(x_out, x, lmbda=0.013, gamma=0.01)["loss"].backward()
         optimizer.step()
 
     return step
@@ -125,8 +120,8 @@ def all_candidates_forward(layer: DynaQuantConv2d, x: torch.Tensor, weights: tor
     w_quant, a_quant = list(layer.tensor_quants())
     out = 0
     for k, bits in enumerate(CANDIDATES):
-        qx = a_quant._quantize(x, bits)[0]
-        qw = w_quant._quantize(layer.weight, bits)[0]
+        qx = a_quant.fake_quantize(x, bits)
+        qw = w_quant.fake_quantize(layer.weight, bits)
         y = F.conv2d(qx, qw, layer.bias, layer.stride, layer.padding)
         out = out + weights[:, k].reshape(-1, 1, 1, 1) * y
     return out

@@ -40,7 +40,7 @@ def build_codec(n: int, m: int, data: Path, per_channel: bool = True) -> torch.n
     from compressai.models import FactorizedPriorReLU
 
     from dynaquant_brevitas import calibrate
-    from dynaquant_brevitas.config import DynaQuantConfig
+    from dynaquant_brevitas.transform.config import DynaQuantConfig
     from dynaquant_brevitas.transform import dynaquantize
 
     torch.manual_seed(0)

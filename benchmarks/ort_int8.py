@@ -41,7 +41,8 @@ import bench_measure  # noqa: E402
 import bench_methods  # noqa: E402
 import run as bench_run  # noqa: E402
 
-from dynaquant_brevitas.export.ort_int8 import OrtModule, int8_session, quantize_conv_outputs  # noqa: E402
+from dynaquant_brevitas.export.ort import OrtModule, int8_session  # noqa: E402
+from dynaquant_brevitas.export.ort_int8 import quantize_conv_outputs  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -76,7 +77,7 @@ def _one(pattern: str) -> Path:
 
 def landscape_images(root: str, count: int) -> List[torch.Tensor]:
     """The first ``count`` Kodak images, portrait ones transposed (all 768x512 then)."""
-    from dynaquant_brevitas.data import list_images, read_image
+    from dynaquant_brevitas.io.images import list_images, read_image
 
     images = [read_image(p) for p in list_images(root)[:count]]
     return [x.transpose(2, 3) if x.shape[2] > x.shape[3] else x for x in images]
@@ -105,7 +106,7 @@ def with_sessions(model: nn.Module, folder: Path, kernel: str) -> nn.Module:
 
 def per_tensor_dynaquant(reference: str, crops: List[torch.Tensor]) -> nn.Module:
     from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize
-    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.io.checkpoint import load_model
 
     model = dynaquantize(load_model(reference), DynaQuantConfig(candidate_bits=(8,), activation_per_channel=False))
     calibrate(model, [torch.cat(crops[i:i + 4]) for i in range(0, len(crops), 4)])
@@ -153,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     image = bench_run.latency_image({"eval": {"images": args.kodak}, "latency": settings["latency"]})
     crops = bench_measure.calibration_crops(args.train, args.calibration_images, args.crop)
     rd_images = landscape_images(args.kodak, args.rd_images)
-    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.io.checkpoint import load_model
 
     float_model = load_model(args.reference).eval()
     trained_pt = sorted(glob.glob(args.dynaquant_pt))

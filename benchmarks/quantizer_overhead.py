@@ -8,7 +8,7 @@ One 3x3 convolution, 64 -> 64 channels, batch 8 of 64x64, in training mode:
 
 Both quantized layers are first brought to their steady state: Brevitas's activation quantizer
 gathers percentile statistics for its first ``collect_stats_steps`` training calls and DynaQuant's
-for its first ``calibration_steps``; that phase runs forward-only on one-sample slices of the
+for its first ``calibration_batches``; that phase runs forward-only on one-sample slices of the
 input (the statistics phase is what is skipped, not timed). Then every variant gets full-size
 warm-up steps, and the timed steps interleave the variants in a rotating order so that machine
 load affects all of them alike. Reported: per-variant median, quartiles and min, and ratios of
@@ -60,7 +60,7 @@ def build_layers() -> Dict[str, nn.Module]:
 def stats_steps_needed(layers: Dict[str, nn.Module]) -> Dict[str, int]:
     """Training-mode calls each quantized layer needs before it leaves its statistics phase."""
     stock = layers["brevitas"].input_quant.quant_injector.collect_stats_steps
-    ours = layers["dynaquant"].input_quant.fused_activation_quant_proxy.tensor_quant.calibration_steps
+    ours = layers["dynaquant"].input_quant.fused_activation_quant_proxy.tensor_quant.calibration_batches
     return {"brevitas": int(stock) + 1, "dynaquant": int(ours)}
 
 
@@ -69,7 +69,7 @@ def in_steady_state(layers: Dict[str, nn.Module]) -> Dict[str, bool]:
     ours = layers["dynaquant"].input_quant.fused_activation_quant_proxy.tensor_quant
     return {
         "brevitas": stock.counter > stock.collect_stats_steps,
-        "dynaquant": int(ours.observed_batches) >= ours.calibration_steps,
+        "dynaquant": int(ours.observed_batches) >= ours.calibration_batches,
     }
 
 
@@ -152,7 +152,7 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
             "statistics_phase": (
                 f"before timing, forward-only training-mode calls on 1-sample slices until both quantizers leave "
                 f"their statistics phase: brevitas {needed['brevitas']} calls (collect_stats_steps + 1), "
-                f"dynaquant {needed['dynaquant']} (calibration_steps); took {stats_seconds:.1f} s"
+                f"dynaquant {needed['dynaquant']} (calibration_batches); took {stats_seconds:.1f} s"
             ),
             "steady_state_verified": steady,
             "warmup_steps_per_variant": warmup,

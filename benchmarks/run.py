@@ -151,7 +151,7 @@ def _quality_of(path: Path) -> tuple:
     CompressAI's lambda table (or a ``-q<N>`` in the file name)."""
     lmbda = quality = None
     if path.is_file():
-        from dynaquant_brevitas.checkpoint import load_checkpoint
+        from dynaquant_brevitas.io.checkpoint import load_checkpoint
 
         lmbda = (load_checkpoint(path).get("train_config") or {}).get("train", {}).get("lmbda")
     match = re.search(r"-q(\d+)", path.stem)
@@ -198,7 +198,7 @@ def eval_images(settings: Dict[str, Any], work: Path) -> List[Path]:
     """Kodak (or its first ``max_images``), centre-cropped to ``crop`` pixels when set."""
     from PIL import Image
 
-    from dynaquant_brevitas.data import list_images
+    from dynaquant_brevitas.io.images import list_images
 
     files = list_images(_resolve(settings["eval"]["images"]))
     if settings["eval"].get("max_images"):
@@ -222,7 +222,7 @@ def eval_images(settings: Dict[str, Any], work: Path) -> List[Path]:
 
 def latency_image(settings: Dict[str, Any]) -> torch.Tensor:
     """The first Kodak image, landscape, centre-cropped to the latency size: ``(1, 3, H, W)``."""
-    from dynaquant_brevitas.data import list_images, read_image
+    from dynaquant_brevitas.io.images import list_images, read_image
 
     x = read_image(list_images(_resolve(settings["eval"]["images"]))[0])
     if x.shape[2] > x.shape[3]:
@@ -240,12 +240,12 @@ def latency_image(settings: Dict[str, Any]) -> torch.Tensor:
 def run_point(method, ref: Dict[str, Any], settings: Dict[str, Any], images: List[Path], work: Path, key: str,
               machine: Dict[str, Any]) -> Dict[str, Any]:
     """Train (if the method trains), evaluate with real bitstreams, count bits, pack."""
-    from dynaquant_brevitas.cost import layer_macs
-    from dynaquant_brevitas.evaluate import LoadedModel, evaluate_model
+    from dynaquant_brevitas.transform.cost import layer_macs
+    from dynaquant_brevitas.evaluation import LoadedModel, evaluate_model
 
     run_dir = work / "train" / method.name / f"q{ref['quality']}-{key[:8]}"
     cfg = None if method.kind == "float" else bench_methods.train_config(method, ref, settings["train"], run_dir)
-    got = bench_methods.obtain_model(method, ref, cfg)
+    got = bench_methods.obtain_model(method, ref, cfg, int(settings["train"]["calibration_batches"]))
     model = got["model"]
     start = time.time()
     evaluation = evaluate_model(LoadedModel(model, method.name, got["checkpoint"] or method.name), images)
@@ -281,7 +281,7 @@ def run_point(method, ref: Dict[str, Any], settings: Dict[str, Any], images: Lis
 
 def run_latency(method, ref: Dict[str, Any], point: Dict[str, Any], settings: Dict[str, Any], work: Path,
                 key: str) -> Dict[str, Any]:
-    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.io.checkpoint import load_model
 
     lat = settings["latency"]
     float_model = load_model(ref["checkpoint"]).eval()
@@ -289,7 +289,7 @@ def run_latency(method, ref: Dict[str, Any], point: Dict[str, Any], settings: Di
     if method.kind != "float":
         run_dir = work / "train" / method.name / f"q{ref['quality']}-{point['key'][:8]}"
         cfg = bench_methods.train_config(method, ref, settings["train"], run_dir)
-        model = bench_methods.obtain_model(method, ref, cfg)["model"]
+        model = bench_methods.obtain_model(method, ref, cfg, int(settings["train"]["calibration_batches"]))["model"]
     calibration = None
     if model is not None:
         calibration = bench_measure.calibration_crops(
@@ -306,23 +306,25 @@ def run_latency(method, ref: Dict[str, Any], point: Dict[str, Any], settings: Di
 
 
 def run_train_step(method, ref: Dict[str, Any], settings: Dict[str, Any], work: Path, key: str) -> Dict[str, Any]:
-    T = bench_methods.T
-    from dynaquant_brevitas.checkpoint import load_model
-    from dynaquant_brevitas.data import ImageFolderCrops
+    from dynaquant_brevitas.io.checkpoint import load_model
+    from dynaquant_brevitas.io.images import ImageFolderCrops
+    from dynaquant_brevitas.training.data_order import batches_from, seed_everything
+    from dynaquant_brevitas.training.distributed import Dist
+    from dynaquant_brevitas.training.state import make_state
 
     ts = settings["train_step"]
     timing = dict(settings["train"], batch_size=ts["batch_size"], patch_size=ts["patch_size"])
     cfg = bench_methods.train_config(method, ref, timing, work / "train-step" / method.name)
     float_cfg = bench_methods.train_config(bench_methods.BY_NAME["float"], ref, timing, work / "train-step" / "float")
-    T.seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     dataset = ImageFolderCrops(cfg.data.root, cfg.data.patch_size)
-    batches = T.batches_from(dataset, cfg, 0, T.Dist())
+    batches = batches_from(dataset, cfg, 0, Dist())
     x = next(batches)
     float_model = load_model(ref["checkpoint"])
     model = bench_methods.fresh_quantized(method, float_model, cfg, [next(batches)])
     arch, kwargs = "bmshj2018-hyperprior", {}
-    float_state = T._make_state(copy.deepcopy(float_model), float_cfg, arch, kwargs)
-    state = T._make_state(model, cfg, arch, kwargs)
+    float_state = make_state(copy.deepcopy(float_model), float_cfg, arch, kwargs)
+    state = make_state(model, cfg, arch, kwargs)
     result = bench_measure.measure_train_step(float_state, float_cfg, state, cfg, x, int(ts["repeats"]), int(ts["warmup"]))
     machine = bench_measure.machine_info()
     result.update(key=key, method=method.name, quality=ref["quality"], machine=machine,

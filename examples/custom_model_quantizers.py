@@ -24,7 +24,7 @@ from sample_images import holdout_image, train_images
 from torch import nn
 
 from dynaquant_brevitas import DynaActQuant, DynaUintActQuant, DynaWeightQuant, calibrate
-from dynaquant_brevitas.metrics import psnr
+from dynaquant_brevitas.evaluation.metrics import psnr
 from dynaquant_brevitas.quant import ContentAwareIntQuant
 
 

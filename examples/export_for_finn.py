@@ -29,7 +29,7 @@ from sample_images import holdout_image, train_images
 from torch import nn
 
 from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze
-from dynaquant_brevitas.checkpoint import load_model
+from dynaquant_brevitas.io.checkpoint import load_model
 from dynaquant_brevitas.export import export_qonnx
 from dynaquant_brevitas.export.precheck import FinnUnsupportedError, check_finn
 from dynaquant_brevitas.transform import resolve_profile

@@ -53,8 +53,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run("train", "--arch", "bmshj2018-hyperprior", "--set", f"model.N={args.channels[0]}",
         "--set", f"model.M={args.channels[1]}", "--lr", "1e-3", "--output", str(float_dir), *common)
     run("train", "--init-from", str(float_dir / "final.pt"), "--lr", "1e-4", "--output", str(quant_dir),
-        "--set", "quant.config.candidate_bits=[4, 6, 8]", "--set", "quant.config.target_bits=6.0",
-        "--set", "quant.calibration_batches=2", *common)
+        "--set", "quant.config.candidate_bits=[4, 6, 8]", "--set", "quant.target_bits=6.0",
+        "--set", "quant.config.calibration_batches=2", *common)
     curves = {}
     for name, directory in (("float", float_dir), ("dynaquant", quant_dir)):
         # one checkpoint per call: each JSON is then one model's rate-distortion point

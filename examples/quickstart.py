@@ -24,10 +24,10 @@ from sample_images import holdout_image, train_images
 from torch import nn
 
 from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze, model_size_bytes
-from dynaquant_brevitas.checkpoint import load_model
-from dynaquant_brevitas.data import to_uint8
-from dynaquant_brevitas.evaluate import chosen_bits, decode_image, encode_image, prepare_for_coding
-from dynaquant_brevitas.metrics import psnr
+from dynaquant_brevitas.io.checkpoint import load_model
+from dynaquant_brevitas.io.images import to_uint8
+from dynaquant_brevitas.evaluation.coding import decode_image, encode_image, last_choice, prepare_for_coding
+from dynaquant_brevitas.evaluation.metrics import psnr
 from dynaquant_brevitas.transform import resolve_profile
 
 REFERENCE = Path(__file__).resolve().parents[1] / "checkpoints" / "reference" / "bmshj2018-hyperprior-N64-M96-q4.pt"
@@ -63,7 +63,7 @@ def code(model: nn.Module, image: torch.Tensor) -> Dict[str, object]:
     decoded = decode_image(model, coded.strings, coded.shape, coded.size)
     h, w = coded.size
     record = {"bpp": 8 * coded.num_bytes / (h * w), "psnr": psnr(image, to_uint8(decoded).float() / 255)}
-    bits = chosen_bits(model)
+    bits = last_choice(model)
     if bits is not None:
         record["profile"] = dict(zip(bits["layers"], bits["bits"]))
     return record

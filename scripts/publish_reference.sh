@@ -14,7 +14,7 @@ mkdir -p checkpoints/reference checkpoints/resume runs
 cp "runs/reference/$NAME/last.pt" "runs/$NAME.snapshot.pt"
 STEP=$("$PY" - "$NAME" <<'PY' 2>/dev/null
 import sys
-from dynaquant_brevitas.checkpoint import load_checkpoint, save_atomic, weights_only
+from dynaquant_brevitas.io.checkpoint import load_checkpoint, save_atomic, weights_only
 name = sys.argv[1]
 ck = load_checkpoint(f"runs/{name}.snapshot.pt")
 save_atomic(weights_only(ck), f"checkpoints/reference/{name}.pt")

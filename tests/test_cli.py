@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from workflow_helpers import TINY_ARCH, TRAIN_DIR
 
 from dynaquant_brevitas.cli import COMMANDS, build_parser, load_commands, main
-from dynaquant_brevitas.commands._common import UsageError, apply_overrides
+from dynaquant_brevitas.cli._common import UsageError, apply_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / ".." / "shared" / "data" / "reference" / "compressai_kodak"
@@ -132,12 +133,17 @@ def test_plot_writes_png_and_pdf_and_bd_rates(tmp_path: Path, capsys) -> None:
         assert (tmp_path / f"fig-rd.{suffix}").stat().st_size > 1000
 
 
-def test_committed_configs_are_valid() -> None:
-    from dynaquant_brevitas.commands._common import read_yaml
-    from dynaquant_brevitas.train import TrainConfig
+def test_committed_configs_are_valid_and_their_paths_are_relative_to_them() -> None:
+    from dynaquant_brevitas.cli._common import read_yaml
+    from dynaquant_brevitas.training import TrainConfig
+    from dynaquant_brevitas.training.config import paths_relative_to
 
     configs = sorted((REPO / "configs").glob("*/*.yaml"))
     assert len(configs) >= 5
     for path in configs:
-        cfg = TrainConfig.from_dict(read_yaml(path))
-        assert cfg.train.output.startswith("runs/"), path  # run outputs stay out of git
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no key of an earlier version
+            cfg = TrainConfig.from_dict(paths_relative_to(read_yaml(path), path.parent))
+        assert Path(cfg.train.output).is_relative_to(REPO / "runs"), path  # run outputs stay out of git
+        assert Path(cfg.data.root).resolve() == (REPO.parent / "shared" / "data" / "train").resolve(), path
+        assert cfg.train.init_from is None or Path(cfg.train.init_from).is_relative_to(REPO / "checkpoints"), path

@@ -10,9 +10,9 @@ import torch
 from workflow_helpers import run_eval, eval_images, float_run, quant_run, tiny_config  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
-from dynaquant_brevitas.container import ContainerError, pack, unpack
-from dynaquant_brevitas.data import read_image
-from dynaquant_brevitas.metrics import psnr
+from dynaquant_brevitas.io.container import ContainerError, pack, unpack
+from dynaquant_brevitas.io.images import read_image
+from dynaquant_brevitas.evaluation.metrics import psnr
 
 MODEL_ID = bytes(range(16))
 STRINGS = [[b"\x00\x01\x02hello"], [b"z" * 300]]

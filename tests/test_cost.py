@@ -10,7 +10,7 @@ from compressai.models import FactorizedPrior, ScaleHyperprior
 from torch import nn
 
 from dynaquant_brevitas import DynaQuantConfig, bit_loss, bit_report, calibrate, dynaquantize, layer_macs, model_size_bytes
-from dynaquant_brevitas.cost import average_bits
+from dynaquant_brevitas.transform.cost import average_bits
 
 
 def test_layer_macs_match_hand_counts():

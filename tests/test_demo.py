@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dynaquant_brevitas.demo import DemoError, find_reference
-from dynaquant_brevitas.train import TrainConfig, train
+from dynaquant_brevitas.cli.demo_job import DemoError, find_reference
+from dynaquant_brevitas.training import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 

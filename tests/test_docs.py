@@ -35,7 +35,7 @@ def test_mkdocs_build_strict(tmp_path):
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
     assert "usage: dynaquant plugins" in cli and "usage: dynaquant train" in cli  # generated from the parsers
     plugins = (tmp_path / "site" / "plugins" / "index.html").read_text()
-    assert "dynaquant_brevitas.gradients.DGMRound" in plugins  # generated from the registry
+    assert "dynaquant_brevitas.quant.rounding.DGMRound" in plugins  # generated from the registry
     api = (tmp_path / "site" / "api" / "transform" / "index.html").read_text()
     assert "dynaquantize" in api and "&lt;!-- dynaquant:" not in cli
 

@@ -9,8 +9,9 @@ import pytest
 from workflow_helpers import run_eval, EVAL_SIZES, eval_images, float_run, quant_run  # noqa: F401  (fixtures)
 
 from dynaquant_brevitas.cli import main
-from dynaquant_brevitas.data import list_images, read_image
-from dynaquant_brevitas.evaluate import EvalError, encode_image, evaluate, load_for_eval, parse_zoo_spec
+from dynaquant_brevitas.io.images import list_images, read_image
+from dynaquant_brevitas.evaluation import EvalError, encode_image, evaluate, load_for_eval
+from dynaquant_brevitas.evaluation.evaluate import parse_zoo_spec
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "reference" / "compressai_kodak"
 COMPRESSAI_KEYS = {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time"}
@@ -116,7 +117,7 @@ def test_missing_inputs_are_clear_errors(float_run: Path, eval_images: Path, tmp
 
 
 def test_bit_heat_map_from_per_image_eval(quant_run: Path, eval_images: Path, tmp_path: Path) -> None:
-    from dynaquant_brevitas.plot import bit_matrix
+    from dynaquant_brevitas.evaluation.plot import bit_matrix
 
     ev = tmp_path / "q.json"
     assert (

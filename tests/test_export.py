@@ -11,7 +11,7 @@ from compressai.models import FactorizedPrior, FactorizedPriorReLU
 from qonnx.core.modelwrapper import ModelWrapper
 
 from dynaquant_brevitas import calibrate
-from dynaquant_brevitas.config import DynaQuantConfig
+from dynaquant_brevitas.transform.config import DynaQuantConfig
 from dynaquant_brevitas.export import VerificationError, export_qonnx, fold_zero_points, verify_qonnx
 from dynaquant_brevitas.export.deconv import conv_transpose_as_conv
 from dynaquant_brevitas.export.precheck import FinnUnsupportedError, check_finn, finn_precheck
@@ -143,7 +143,7 @@ def test_fold_is_a_noop_without_zero_points(tmp_path):
 
 
 def test_cli_export_writes_verified_qonnx(tmp_path, capsys):
-    from dynaquant_brevitas.checkpoint import make_checkpoint, save_atomic
+    from dynaquant_brevitas.io.checkpoint import make_checkpoint, save_atomic
     from dynaquant_brevitas.cli import main
 
     torch.manual_seed(3)

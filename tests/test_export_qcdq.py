@@ -13,10 +13,10 @@ from compressai.models import FactorizedPrior
 pytest.importorskip("onnxruntime")
 
 from dynaquant_brevitas import calibrate  # noqa: E402
-from dynaquant_brevitas.checkpoint import make_checkpoint, save_atomic  # noqa: E402
+from dynaquant_brevitas.io.checkpoint import make_checkpoint, save_atomic  # noqa: E402
 from dynaquant_brevitas.cli import main  # noqa: E402
-from dynaquant_brevitas.config import DynaQuantConfig  # noqa: E402
-from dynaquant_brevitas.export.qcdq import ort_session  # noqa: E402
+from dynaquant_brevitas.transform.config import DynaQuantConfig  # noqa: E402
+from dynaquant_brevitas.export.ort import ort_session  # noqa: E402
 from dynaquant_brevitas.transform import dynaquantize, freeze  # noqa: E402
 from workflow_helpers import write_images  # noqa: E402
 
@@ -131,7 +131,7 @@ def test_errors_beyond_the_tolerance_are_refused(per_tensor, tmp_path, images, c
 
 
 def _load(checkpoint: Path) -> torch.nn.Module:
-    from dynaquant_brevitas.checkpoint import load_model
+    from dynaquant_brevitas.io.checkpoint import load_model
 
     return load_model(checkpoint)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from brevitas.function.ops import tensor_clamp
 
-from dynaquant_brevitas.gradients import dgm_round, ste_round
+from dynaquant_brevitas.quant.rounding import dgm_round, ste_round
 from dynaquant_brevitas.quant import fake_quant
 
 

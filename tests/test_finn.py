@@ -16,7 +16,7 @@ from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
 from qonnx.transformation.infer_shapes import InferShapes  # noqa: E402
 
 from dynaquant_brevitas import calibrate  # noqa: E402
-from dynaquant_brevitas.config import DynaQuantConfig  # noqa: E402
+from dynaquant_brevitas.transform.config import DynaQuantConfig  # noqa: E402
 from dynaquant_brevitas.export.deconv import LowerConvTransposeToPixelPadding  # noqa: E402
 from dynaquant_brevitas.export.finn import export_finn, run_finn  # noqa: E402
 from dynaquant_brevitas.export.precheck import FinnUnsupportedError  # noqa: E402

@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dynaquant_brevitas import DynaWeightQuant
-from dynaquant_brevitas.gradients import (
-    ROUNDING_ESTIMATORS,
-    DGMRound,
-    STERound,
-    dgm_gradient,
-    dgm_round,
-    register_rounding_estimator,
-    rounding_estimator,
-    ste_round,
-)
+from dynaquant_brevitas.quant.rounding import DGMRound, STERound, dgm_gradient, dgm_round, rounding_estimator, ste_round
+from dynaquant_brevitas.registry import lookup, register_estimator, registrations
 
 BETAS = [0.01, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 BAD_BETAS = [0.0, -1.0, -1e-9, float("nan"), float("inf"), float("-inf")]
@@ -165,7 +157,7 @@ def test_selection_by_name():
     assert type(dgm) is DGMRound and dgm.beta == 3.0
     assert type(rounding_estimator("ste")) is STERound
     assert rounding_estimator("dgm").beta == 1.0
-    assert {"dgm", "ste"} <= set(ROUNDING_ESTIMATORS)
+    assert {"dgm", "ste"} <= set(registrations("estimator"))
 
 
 def test_unknown_name_gives_clear_error():
@@ -181,9 +173,9 @@ def test_registering_another_class_under_a_taken_name_is_refused():
             return torch.floor(x)
 
     with pytest.raises(ValueError, match="already registered"):
-        register_rounding_estimator("dgm")(Other)
-    assert ROUNDING_ESTIMATORS["dgm"] is DGMRound
-    assert register_rounding_estimator("dgm")(DGMRound) is DGMRound  # same class again is fine
+        register_estimator("dgm")(Other)
+    assert lookup("estimator", "dgm") is DGMRound
+    assert register_estimator("dgm")(DGMRound) is DGMRound  # same class again is fine
 
 
 # -- inside Brevitas --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaquant_brevitas.metrics import (
+from dynaquant_brevitas.evaluation.metrics import (
     MetricError,
     bd_rate,
     curve,

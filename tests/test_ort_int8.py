@@ -13,12 +13,8 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 pytest.importorskip("brevitas")
 
-from dynaquant_brevitas.export.ort_int8 import (  # noqa: E402
-    OrtModule,
-    _polyphase_weight,
-    int8_session,
-    quantize_conv_outputs,
-)
+from dynaquant_brevitas.export.ort import OrtModule, int8_session  # noqa: E402
+from dynaquant_brevitas.export.ort_int8 import _polyphase_weight, quantize_conv_outputs  # noqa: E402
 
 
 class Tiny(nn.Module):

@@ -10,8 +10,8 @@ from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
 from compressai.models import ScaleHyperprior
 
 from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze
-from dynaquant_brevitas.cost import model_size_bytes
-from dynaquant_brevitas.packing import integer_weight, pack_ints, pack_model, unpack_ints, unpack_model
+from dynaquant_brevitas.transform.cost import model_size_bytes
+from dynaquant_brevitas.export.packing import integer_weight, pack_ints, pack_model, unpack_ints, unpack_model
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16])

@@ -1,12 +1,14 @@
-"""Plugins: built-ins through the hooks, a real installed plugin package, broken and clashing plugins.
+"""The registry and plugins: built-ins registered where defined, a real installed plugin package,
+broken and clashing plugins, and that a broken plugin cannot break what does not need it.
 
 Installed plugins are real distributions on a temporary ``sys.path`` entry (``pip install
 --target`` of ``examples/plugin_package``, or a hand-written ``.dist-info``), read through
-``importlib.metadata`` by a fresh plugin manager; the shared virtual environment is not touched.
+``importlib.metadata``; the shared virtual environment is not touched.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,16 +21,16 @@ from compressai.models import ScaleHyperprior
 from torch import nn
 
 from dynaquant_brevitas import DynaQuantConfig, UnsupportedModuleError, calibrate, dynaquantize, plan_quantization
-from dynaquant_brevitas import plugins
+from dynaquant_brevitas import registry
 from dynaquant_brevitas.cli import main as cli_main
-from dynaquant_brevitas.gradients import ROUNDING_ESTIMATORS, DGMRound, register_rounding_estimator
-from dynaquant_brevitas.layers import DynaQuantConv2d
-from dynaquant_brevitas.plugins import ModelAdapter, PluginError, hookimpl
-from dynaquant_brevitas.selector import BitSelector
+from dynaquant_brevitas.nn import BitSelector, DynaQuantConv2d
+from dynaquant_brevitas.registry import PluginError, hookimpl, register_estimator
+from dynaquant_brevitas.transform import ModelAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_PACKAGE = REPO / "examples" / "plugin_package"
-PLUGIN_MODULES = ("dynaquant_example_plugin", "clashing_plugin")
+PLUGIN_MODULES = ("dynaquant_example_plugin", "clashing_plugin", "exiting_plugin")
+BROKEN = "[dynaquant]\nbroken = no_such_module_for_dynaquant\n"
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -60,17 +62,21 @@ def write_distribution(site: Path, name: str, entry_points: str, modules: dict |
 
 
 @pytest.fixture
-def fresh_manager(monkeypatch):
-    """``load(*paths)``: a new plugin manager that sees distributions on ``paths``; restored after."""
+def clean_registry(monkeypatch):
+    """The registry as it is now, restored after the test; ``load(*paths)`` loads the plugins
+    installed on ``paths``."""
+    saved = {kind: dict(regs) for kind, regs in registry._registry.items()}
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
 
-    def load(*paths: Path):
+    def load(*paths: Path) -> None:
         for path in paths:
             monkeypatch.syspath_prepend(str(path))
-        monkeypatch.setattr(plugins, "_manager", None)
-        monkeypatch.setattr(plugins, "_cache", {})
-        return plugins.plugin_manager()
+        registry.load_plugins(force=True)
 
     yield load
+    for kind, regs in saved.items():
+        registry._registry[kind].clear()
+        registry._registry[kind].update(regs)
     for name in PLUGIN_MODULES:
         sys.modules.pop(name, None)
 
@@ -89,19 +95,48 @@ class _Tiny(nn.Module):
         return {"x_hat": self.g_s(self.g_a(x)), "likelihoods": {}}
 
 
-# -- built-ins ------------------------------------------------------------------------------------------
+def _python(code: str, *paths: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_builtins_are_registered_through_the_hooks():
-    names = {kind: {reg.name for reg in plugins.registrations(kind).values()} for kind in plugins.KINDS}
+# -- the registry ---------------------------------------------------------------------------------------
+
+
+def test_builtins_register_where_they_are_defined():
+    names = {kind: {reg.name for reg in registry.registrations(kind).values()} for kind in registry.KINDS}
     assert {"dgm", "ste"} <= names["estimator"] and "mlp" in names["selector"]
     assert {"compressai", "autoregressive-context"} <= names["adapter"]
-    assert "torch.nn.modules.conv.Conv2d" in names["handler"] and "qonnx" in names["exporter"]
-    assert all(reg.source == "built-in" for reg in plugins.registrations("estimator").values() if reg.name in ("dgm", "ste"))
-    assert plugins.plugin_manager().get_plugin("built-in") is not None
+    assert "torch.nn.modules.conv.Conv2d" in names["handler"]
+    assert all(r.source == "built-in" for r in registry.registrations("estimator").values() if r.name in ("dgm", "ste"))
 
 
-def test_rounding_estimators_view_is_the_plugin_registry():
+def test_the_registry_imports_nothing_of_the_package_and_no_pluggy():
+    done = _python("""
+        import sys
+        import dynaquant_brevitas.registry
+        print(*sorted(m for m in sys.modules if m.startswith("dynaquant_brevitas")), "pluggy" in sys.modules)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["dynaquant_brevitas", "dynaquant_brevitas._lazy", "dynaquant_brevitas.registry", "False"]
+
+
+def test_config_and_presets_work_with_a_broken_plugin_installed(tmp_path):
+    site = write_distribution(tmp_path, "broken-plugin", BROKEN)
+    done = _python("""
+        import sys
+        from brevitas.nn import QuantConv2d
+        from dynaquant_brevitas import DynaQuantConfig, DynaWeightQuant
+        DynaQuantConfig()
+        QuantConv2d(3, 4, 3, weight_quant=DynaWeightQuant)
+        print("pluggy" in sys.modules)
+    """, site)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_decorated_estimator_is_usable_by_name(clean_registry):
+    @register_estimator("floor-test", source="test")
     class Floor(nn.Module):
         def __init__(self):
             super().__init__()
@@ -109,44 +144,30 @@ def test_rounding_estimators_view_is_the_plugin_registry():
         def forward(self, x):
             return x + (torch.floor(x) - x).detach()
 
-    register_rounding_estimator("floor-test")(Floor)
-    try:
-        assert ROUNDING_ESTIMATORS["floor-test"] is Floor is plugins.rounding_estimators()["floor-test"]
-        assert DynaQuantConfig(estimator="floor-test").estimator == "floor-test"
-    finally:
-        plugins.unregister(plugins.plugin_manager().get_plugin(f"estimator:floor-test:{__name__}.{Floor.__qualname__}"))
-    assert "floor-test" not in ROUNDING_ESTIMATORS
-    with pytest.raises(ValueError, match="estimator: unknown rounding estimator 'floor-test'; known: dgm, ste"):
-        DynaQuantConfig(estimator="floor-test")
-
-
-def test_exporter_registry_delegates_to_the_qonnx_export(tmp_path):
-    from brevitas.nn import QuantConv2d
-
-    from dynaquant_brevitas import DynaActQuant, DynaWeightQuant
-
-    conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=DynaWeightQuant, input_quant=DynaActQuant)
-    calibrate(conv, [torch.rand(2, 3, 8, 8)])
-    result = plugins.exporters()["qonnx"](conv.eval(), str(tmp_path / "conv.onnx"), (1, 3, 8, 8))
-    assert (tmp_path / "conv.onnx").is_file() and result.max_error_steps < 1
+    assert registry.lookup("estimator", "floor-test") is Floor
+    assert DynaQuantConfig(rounding="floor-test").rounding == "floor-test"
+    registry.unregister("estimator", "floor-test")
+    with pytest.raises(ValueError, match="rounding: unknown rounding estimator 'floor-test'; known: dgm, ste"):
+        DynaQuantConfig(rounding="floor-test")
 
 
 # -- the example plugin package, installed --------------------------------------------------------
 
 
-def test_installed_plugin_package_adds_its_estimator_and_handler(plugin_site, fresh_manager):
+def test_installed_plugin_package_adds_its_estimator_and_handler(plugin_site, clean_registry):
     from_site = _import_example(plugin_site)
-    with pytest.raises(UnsupportedModuleError, match="ScaledConv2d"):  # before the plugin is loaded
+    with pytest.raises(UnsupportedModuleError, match="ScaledConv2d"):  # not installed yet
         dynaquantize(_Tiny(from_site.ScaledConv2d(4, 4, 3, padding=1)))
-    fresh_manager(plugin_site)
+    sys.modules.pop("dynaquant_example_plugin", None)
+    clean_registry(plugin_site)
     example = sys.modules["dynaquant_example_plugin"]
-    estimators = plugins.registrations("estimator")
-    assert estimators["triangle"].source == "dynaquant-example-plugin 0.1.0 (example)"
+    estimators = registry.registrations("estimator")
+    assert estimators["triangle"].source.startswith("plugin 'example = dynaquant_example_plugin' (distribution dynaquant-example-plugin 0.1.0)")
 
     float_layer = example.ScaledConv2d(4, 4, 3, padding=1)
     with torch.no_grad():
         float_layer.gain.fill_(2.0)
-    model = dynaquantize(_Tiny(float_layer), DynaQuantConfig(estimator="triangle", candidate_bits=(4, 8)))
+    model = dynaquantize(_Tiny(float_layer), DynaQuantConfig(rounding="triangle", candidate_bits=(4, 8)))
     layer = model.g_a[2]
     assert type(layer) is example.DynaQuantScaledConv2d and torch.equal(layer.gain, float_layer.gain)
     assert "g_a.2" in model.dynaquant.layer_names["encoder"]
@@ -160,11 +181,10 @@ def test_installed_plugin_package_adds_its_estimator_and_handler(plugin_site, fr
     layer.set_bit_choice(None)  # the static width, without the last forward's selection
     quant = next(layer.tensor_quants())
     weight = layer.weight.detach().clone().requires_grad_(True)
-    x_hat, scale, zero_point, _ = quant(weight)
-    x_hat.sum().backward()
-    u = weight.detach() / scale.detach() + zero_point.detach()
-    qmin, qmax = quant.levels(int(quant.static_bit_width))
-    inside = (torch.round(u) >= qmin) & (torch.round(u) <= qmax)
+    quant.fake_quantize(weight).sum().backward()
+    qp = quant.qparams()
+    u = weight.detach() / qp.scale + qp.zero_point
+    inside = (torch.round(u) >= qp.qmin) & (torch.round(u) <= qp.qmax)
     assert torch.allclose(weight.grad[inside], example.triangle_multiplier(u)[inside])
     assert not torch.allclose(weight.grad, torch.ones_like(weight.grad))
 
@@ -179,45 +199,48 @@ def _import_example(site: Path):
         sys.path.remove(str(site))
 
 
-def test_plugins_command_lists_the_installed_plugin(plugin_site, fresh_manager, capsys):
-    fresh_manager(plugin_site)
+def test_plugins_command_lists_the_installed_plugin(plugin_site, clean_registry, capsys):
+    clean_registry(plugin_site)
     assert cli_main(["plugins"]) == 0
     rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()}
-    assert "dynaquant-example-plugin 0.1.0 (example)" in rows[("estimator", "triangle")]
+    assert "dynaquant-example-plugin 0.1.0" in rows[("estimator", "triangle")]
     assert "built-in" in rows[("estimator", "dgm")]
     assert "DynaQuantScaledConv2d" in rows[("handler", "dynaquant_example_plugin.ScaledConv2d")]
-
-
-def test_plugins_command_reports_a_broken_plugin(tmp_path, fresh_manager, capsys):
-    site = write_distribution(tmp_path, "broken-plugin", "[dynaquant]\nbroken = no_such_module_for_dynaquant\n")
-    with pytest.raises(PluginError):
-        fresh_manager(site)
-    assert cli_main(["plugins"]) == 2
-    assert "dynaquant plugins: error: plugin 'broken = no_such_module_for_dynaquant'" in capsys.readouterr().err
 
 
 # -- broken and clashing plugins -----------------------------------------------------------------------
 
 
-def test_plugin_that_fails_to_import_is_named(tmp_path, fresh_manager):
-    site = write_distribution(tmp_path, "broken-plugin", "[dynaquant]\nbroken = no_such_module_for_dynaquant\n")
+def test_plugin_that_fails_to_import_is_named(tmp_path, clean_registry, capsys):
+    site = write_distribution(tmp_path, "broken-plugin", BROKEN)
     with pytest.raises(PluginError) as info:
-        fresh_manager(site)
+        clean_registry(site)
     message = str(info.value)
     assert "'broken = no_such_module_for_dynaquant' (distribution broken-plugin 0.1)" in message
     assert "ModuleNotFoundError" in message and "DYNAQUANT_DISABLE_PLUGIN_AUTOLOAD" in message
+    registry._plugins_loaded = False
+    assert cli_main(["plugins"]) == 2
+    assert "dynaquant plugins: error: plugin 'broken = no_such_module_for_dynaquant'" in capsys.readouterr().err
 
 
-def test_autoload_can_be_disabled(tmp_path, fresh_manager, monkeypatch):
-    site = write_distribution(tmp_path, "broken-plugin", "[dynaquant]\nbroken = no_such_module_for_dynaquant\n")
+def test_plugin_that_exits_while_imported_is_reported_not_obeyed(tmp_path, clean_registry):
+    site = write_distribution(tmp_path, "exiting-plugin", "[dynaquant]\nexiting = exiting_plugin\n",
+                              {"exiting_plugin": "import sys\nsys.exit(0)\n"})
+    with pytest.raises(PluginError, match="'exiting = exiting_plugin'.*SystemExit"):
+        clean_registry(site)
+
+
+def test_autoload_can_be_disabled(tmp_path, clean_registry, monkeypatch):
+    site = write_distribution(tmp_path, "broken-plugin", BROKEN)
     monkeypatch.setenv("DYNAQUANT_DISABLE_PLUGIN_AUTOLOAD", "1")
-    assert [fresh_manager(site).get_name(p) for p in fresh_manager(site).get_plugins()] == ["built-in"]
+    clean_registry(site)  # nothing loaded, so nothing fails
+    assert plan_quantization(ScaleHyperprior(8, 12)).adapter == "compressai"
 
 
-def test_installed_plugin_taking_a_builtin_name_is_refused(tmp_path, fresh_manager):
+def test_installed_plugin_taking_a_builtin_name_is_refused(tmp_path, clean_registry):
     code = """
         import torch
-        from dynaquant_brevitas.plugins import hookimpl
+        from dynaquant_brevitas.registry import hookimpl
 
         class MyRound(torch.nn.Module):
             def __init__(self):
@@ -232,45 +255,42 @@ def test_installed_plugin_taking_a_builtin_name_is_refused(tmp_path, fresh_manag
     """
     site = write_distribution(tmp_path, "clashing-plugin", "[dynaquant]\nclash = clashing_plugin\n", {"clashing_plugin": code})
     with pytest.raises(PluginError) as info:
-        fresh_manager(site)
-    assert str(info.value) == (
-        "plugin clashing-plugin 0.1 (clash) registers rounding estimator 'dgm', which is already "
-        "registered by built-in; choose another name"
-    )
+        clean_registry(site)
+    assert "registers rounding estimator 'dgm', which is already registered by built-in; choose another name" in str(info.value)
+    assert "'clash = clashing_plugin' (distribution clashing-plugin 0.1)" in str(info.value)
 
 
-def test_runtime_handler_clash_is_refused_and_nothing_is_registered():
-    class Conv2dPlugin:
-        @hookimpl
-        def dynaquant_layer_handlers(self):
-            return {nn.Conv2d: object}  # no from_float
-
-    with pytest.raises(PluginError, match="returned a bad layer handler"):
-        plugins.register(Conv2dPlugin())
-
+def test_runtime_handler_clash_is_refused_and_nothing_is_registered(clean_registry):
     class Other(DynaQuantConv2d):
         pass
 
     class Clash:
         @hookimpl
         def dynaquant_layer_handlers(self):
-            return {nn.Conv2d: Other}
+            return {nn.Conv1d: Other, nn.Conv2d: Other}  # the first is new, the second taken
 
     with pytest.raises(PluginError, match="layer handler 'torch.nn.modules.conv.Conv2d', which is already registered by built-in"):
-        plugins.register(Clash())
-    assert plugins.layer_handlers()[nn.Conv2d] is DynaQuantConv2d
+        registry.register_plugin(Clash())
+    assert registry.handler_for(nn.Conv2d(1, 1, 1)) is DynaQuantConv2d
+    assert registry.handler_for(nn.Conv1d(1, 1, 1)) is None
+
+    class Bad:
+        @hookimpl
+        def dynaquant_layer_handlers(self):
+            return {nn.Conv3d: object}  # no from_float
+
+    with pytest.raises(PluginError, match="bad layer handler"):
+        registry.register_plugin(Bad())
 
 
-def test_unknown_hook_name_is_rejected_by_pluggy():
+def test_unknown_hook_name_is_rejected():
     class Typo:
         @hookimpl
         def dynaquant_rounding_estimator(self):  # missing "s"
             return {}
 
-    typo = Typo()
-    with pytest.raises(PluginError, match="unknown hook 'dynaquant_rounding_estimator'.*dynaquant_rounding_estimators"):
-        plugins.register(typo)
-    assert not plugins.plugin_manager().is_registered(typo)
+    with pytest.raises(PluginError, match="dynaquant_rounding_estimator.*dynaquant_rounding_estimators"):
+        registry.register_plugin(Typo())
 
 
 # -- selectors and adapters from plugins ------------------------------------------------------------
@@ -292,16 +312,14 @@ class _SelectorPlugin:
         return {"lowest": _LowestBits}
 
 
-def test_selector_plugin_is_built_by_dynaquantize():
-    plugin = plugins.register(_SelectorPlugin())
-    try:
-        model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(selector="lowest", candidate_bits=(4, 8)))
-        assert all(type(s) is _LowestBits for s in model.dynaquant.selectors.values())
-        calibrate(model, [torch.rand(1, 3, 64, 64)])
-        bits = model.eval()(torch.rand(2, 3, 64, 64))["bits"]["bits"]
-        assert bits.unique().tolist() == [4.0]
-    finally:
-        plugins.unregister(plugin)
+def test_selector_plugin_is_built_by_dynaquantize(clean_registry):
+    registry.register_plugin(_SelectorPlugin())
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(selector="lowest", candidate_bits=(4, 8)))
+    assert all(type(s) is _LowestBits for s in model.dynaquant.selectors.values())
+    calibrate(model, [torch.rand(1, 3, 64, 64)])
+    bits = model.eval()(torch.rand(2, 3, 64, 64))["bits"]["bits"]
+    assert bits.unique().tolist() == [4.0]
+    registry.unregister("selector", "lowest")
     with pytest.raises(ValueError, match="selector: unknown bit-width selector 'lowest'; known: mlp"):
         DynaQuantConfig(selector="lowest")
 
@@ -313,46 +331,27 @@ class _DecoderFixed(ModelAdapter):
         return ["g_s.*"]
 
 
-class _AdapterPlugin:
-    def __init__(self, priority: int) -> None:
-        self.adapter = _DecoderFixed()
-        self.adapter.priority = priority
-
-    @hookimpl
-    def dynaquant_model_adapters(self):
-        return {"decoder-fixed": self.adapter}
-
-
-def test_model_adapter_plugin_decides_the_plan():
-    plugin = plugins.register(_AdapterPlugin(priority=0))
-    try:
-        plan = plan_quantization(ScaleHyperprior(8, 12))
-        assert plan.adapter == "decoder-fixed"
-        assert plan.dynamic["decoder"] == [] and plan.dynamic["encoder"] == ["g_a.2", "g_a.4", "g_a.6"]
-        assert {"g_s.0", "g_s.2", "g_s.4", "g_s.6"} <= set(plan.fixed)
-        model = dynaquantize(ScaleHyperprior(8, 12))
-        assert set(model.dynaquant.selectors) == {"encoder"}
-    finally:
-        plugins.unregister(plugin)
+def test_model_adapter_plugin_decides_the_plan(clean_registry):
+    registry.register("adapter", "decoder-fixed", _DecoderFixed(), source="test")
+    plan = plan_quantization(ScaleHyperprior(8, 12))
+    assert plan.adapter == "decoder-fixed"
+    assert plan.dynamic["decoder"] == [] and plan.dynamic["encoder"] == ["g_a.2", "g_a.4", "g_a.6"]
+    assert {"g_s.0", "g_s.2", "g_s.4", "g_s.6"} <= set(plan.fixed)
+    model = dynaquantize(ScaleHyperprior(8, 12))
+    assert set(model.dynaquant.selectors) == {"encoder"}
+    registry.unregister("adapter", "decoder-fixed")
     assert plan_quantization(ScaleHyperprior(8, 12)).adapter == "compressai"
 
 
-def test_adapters_at_the_same_priority_are_ambiguous():
+def test_adapters_at_the_same_priority_are_ambiguous(clean_registry):
     from compressai.models import JointAutoregressiveHierarchicalPriors
 
     class Mbt(ModelAdapter):
         model_types = (JointAutoregressiveHierarchicalPriors,)
 
-    class Plugin:
-        @hookimpl
-        def dynaquant_model_adapters(self):
-            return {"my-mbt": Mbt()}
-
-    plugin = plugins.register(Plugin())
-    try:
-        with pytest.raises(PluginError, match="'autoregressive-context' \\(built-in\\), 'my-mbt'.*priority 0"):
-            plan_quantization(JointAutoregressiveHierarchicalPriors(8, 12))
-    finally:
-        plugins.unregister(plugin)
+    registry.register("adapter", "my-mbt", Mbt(), source="test")
+    with pytest.raises(PluginError, match="'autoregressive-context' \\(built-in\\), 'my-mbt'.*priority 0"):
+        plan_quantization(JointAutoregressiveHierarchicalPriors(8, 12))
+    registry.unregister("adapter", "my-mbt")
     plan = plan_quantization(JointAutoregressiveHierarchicalPriors(8, 12))
     assert plan.adapter == "autoregressive-context" and "context_prediction" in plan.float

@@ -20,7 +20,7 @@ from dynaquant_brevitas import (
     Int8WeightPerChannelOffsetDGM,
     QuantizerNotCalibratedError,
 )
-from dynaquant_brevitas.gradients import dgm_round
+from dynaquant_brevitas.quant.rounding import dgm_round
 from dynaquant_brevitas.quant import int_range
 
 
@@ -34,7 +34,7 @@ def act_tq(proxy):
 
 def calibrated_act(quant=DynaActQuant, bits=8, channels=3, x=None, **kwargs):
     """A QuantIdentity with ``quant`` that has seen one calibration batch, in eval mode."""
-    layer = QuantIdentity(act_quant=quant, bit_width=bits, calibration_steps=1, **kwargs)
+    layer = QuantIdentity(act_quant=quant, bit_width=bits, calibration_batches=1, **kwargs)
     layer.train()(torch.randn(4, channels, 8, 8) if x is None else x)
     return layer.eval()
 
@@ -52,9 +52,9 @@ def assert_on_grid(x_hat, scale, zero_point, bits, signed, narrow):
     assert int(torch.round(q).min()) >= qmin and int(torch.round(q).max()) <= qmax
 
 
-def small_net(seed: int = 0, calibration_steps: int = 2) -> nn.Sequential:
+def small_net(seed: int = 0, calibration_batches: int = 2) -> nn.Sequential:
     torch.manual_seed(seed)
-    common = dict(weight_quant=DynaWeightQuant, input_quant=DynaActQuant, input_calibration_steps=calibration_steps)
+    common = dict(weight_quant=DynaWeightQuant, input_quant=DynaActQuant, input_calibration_batches=calibration_batches)
     return nn.Sequential(
         QuantConv2d(3, 8, 3, padding=1, **common),
         nn.ReLU(),
@@ -108,7 +108,7 @@ def test_unsigned_outputs_are_at_least_the_offset():
 
 
 def test_quant_relu_with_unsigned_quantizer_is_non_negative():
-    relu = QuantReLU(act_quant=DynaUintActQuant, bit_width=3, calibration_steps=1)
+    relu = QuantReLU(act_quant=DynaUintActQuant, bit_width=3, calibration_batches=1)
     relu.train()(torch.randn(2, 3, 6, 6))
     out = relu.eval()(torch.randn(2, 3, 6, 6))
     assert bool((out >= 0).all()) and max(per_channel_distinct(out, 1)) <= 8
@@ -119,7 +119,7 @@ def test_quant_relu_with_unsigned_quantizer_is_non_negative():
 
 def test_range_and_offset_are_per_channel_and_receive_gradients():
     conv = QuantConv2d(
-        5, 7, 3, weight_quant=Int8WeightPerChannelOffsetDGM, input_quant=DynaActQuant, input_calibration_steps=1
+        5, 7, 3, weight_quant=Int8WeightPerChannelOffsetDGM, input_quant=DynaActQuant, input_calibration_batches=1
     )
     x = torch.randn(4, 5, 10, 10)
     conv.train()(x)  # calibration batch
@@ -141,7 +141,7 @@ def test_integer_zero_points_put_zero_on_the_grid_and_keep_the_offset_learning()
     x[:, :, :2] = 0.0  # the zeros a latent is full of
     outputs = {}
     for integer in (False, True):
-        quant = QuantIdentity(act_quant=DynaActQuant, integer_zero_point=integer, calibration_steps=1,
+        quant = QuantIdentity(act_quant=DynaActQuant, integer_zero_point=integer, calibration_batches=1,
                               return_quant_tensor=False).train()
         quant(x)  # calibration
         tq = quant.act_quant.fused_activation_quant_proxy.tensor_quant
@@ -225,7 +225,7 @@ def test_eval_before_calibration_raises_a_clear_error():
 
 
 def test_calibration_stops_after_the_configured_number_of_batches():
-    layer = QuantIdentity(act_quant=DynaActQuant, calibration_steps=2).train()
+    layer = QuantIdentity(act_quant=DynaActQuant, calibration_batches=2).train()
     tq = act_tq(layer.act_quant)
     layer(torch.randn(8, 2, 8, 8))
     layer(3 * torch.randn(8, 2, 8, 8))
@@ -450,7 +450,7 @@ def test_qonnx_export_runs_in_the_qonnx_executor(tmp_path, act_quant):
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.infer_shapes import InferShapes
 
-    conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=DynaWeightQuant, input_quant=act_quant, input_calibration_steps=1)
+    conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=DynaWeightQuant, input_quant=act_quant, input_calibration_batches=1)
     conv.train()(torch.randn(4, 3, 8, 8).abs())
     weight_tq(conv).set_bit_width(4)
     conv.eval()

@@ -20,7 +20,7 @@ from dynaquant_brevitas import (
     freeze,
     plan_quantization,
 )
-from dynaquant_brevitas.layers import (
+from dynaquant_brevitas.nn.layers import (
     DynaQuantConv2d,
     DynaQuantConvTranspose2d,
     DynaQuantLinear,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dynaquant_brevitas.cli import main
-from dynaquant_brevitas.train import TrainConfig, train
+from dynaquant_brevitas.training import TrainConfig, train
 
 TRAIN_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "train"
 TINY_ARCH = {"arch": "bmshj2018-hyperprior", "N": 8, "M": 12}
@@ -66,10 +66,7 @@ def quant_run(tmp_path_factory, float_run) -> Path:
         out,
         steps=4,
         train={"lr": 1e-4, "init_from": str(float_run / "final.pt")},
-        quant={
-            "calibration_batches": 2,
-            "config": {"candidate_bits": [4, 6, 8], "target_bits": 6.0, "tau_decay_steps": 10},
-        },
+        quant={"config": {"candidate_bits": [4, 6, 8], "calibration_batches": 2}, "target_bits": 6.0, "tau_decay_steps": 10},
     )
     train(cfg)
     return out

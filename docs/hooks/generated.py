@@ -48,8 +48,8 @@ def cli_reference() -> str:
 
 
 def registry_table() -> str:
-    from dynaquant_brevitas.commands.plugins import rows
-    from dynaquant_brevitas.plugins import KINDS
+    from dynaquant_brevitas.cli.plugins import rows
+    from dynaquant_brevitas.registry import KINDS
 
     lines = ["| kind | name | implementation | source |", "|---|---|---|---|"]
     for row in rows(list(KINDS)):

@@ -1,28 +1,19 @@
-"""Export of frozen DynaQuant models: QONNX with zero points folded, verified; the FINN flow;
-QCDQ graphs prepared for onnxruntime's integer kernels."""
+"""Export of frozen DynaQuant models: QONNX with zero points folded, verified; the FINN flow; QCDQ
+graphs for onnxruntime and their integer-kernel rewrite; packed weight files.
 
-from .fold import FoldReport, fold_zero_points, quant_grid
-from .ort_int8 import Int8Report, OrtModule, int8_session, quantize_conv_outputs
-from .qcdq import Deployable, add_zero_point_shifts, deployable, export_onnxruntime, export_qcdq, ort_session
-from .qonnx import ExportResult, VerificationError, export_qonnx, output_step, verify_qonnx
+Names are imported on first use: packing needs no ONNX package, the exporters need the
+``export`` extra (``pip install 'dynaquant-brevitas[export]'``).
+"""
 
-__all__ = [
-    "Deployable",
-    "ExportResult",
-    "FoldReport",
-    "Int8Report",
-    "OrtModule",
-    "VerificationError",
-    "add_zero_point_shifts",
-    "deployable",
-    "export_onnxruntime",
-    "export_qcdq",
-    "export_qonnx",
-    "fold_zero_points",
-    "int8_session",
-    "ort_session",
-    "output_step",
-    "quant_grid",
-    "quantize_conv_outputs",
-    "verify_qonnx",
-]
+from .._lazy import lazy_attributes
+
+_WHERE = {
+    **dict.fromkeys(("FoldReport", "fold_zero_points", "quant_grid"), ".fold"),
+    **dict.fromkeys(("Int8Report", "quantize_conv_outputs"), ".ort_int8"),
+    **dict.fromkeys(("OrtModule", "int8_session", "ort_session"), ".ort"),
+    **dict.fromkeys(("Deployable", "add_zero_point_shifts", "deployable", "export_onnxruntime", "export_qcdq"), ".qcdq"),
+    **dict.fromkeys(("ExportResult", "VerificationError", "export_qonnx", "output_step", "verify_qonnx"), ".qonnx"),
+    **dict.fromkeys(("pack_model", "unpack_model"), ".packing"),
+}
+__all__ = sorted(_WHERE)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

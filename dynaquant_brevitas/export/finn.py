@@ -29,7 +29,6 @@ __all__ = [
     "dataflow_partition",
     "estimates",
     "export_finn",
-    "finn_flow",
     "fold",
     "prepare_qonnx",
     "run_finn",
@@ -221,11 +220,6 @@ def run_finn(model, x: np.ndarray) -> np.ndarray:
     name = model.graph.input[0].name
     out = execute_onnx(model, {name: np.asarray(x, dtype=np.float32)})
     return out[model.graph.output[0].name]
-
-
-def finn_flow(model) -> Any:
-    """to_finn, streamline and to_hw in one call."""
-    return to_hw(streamline(to_finn(model)))
 
 
 def prepare_qonnx(model, extra_weight_bits: int = 4):

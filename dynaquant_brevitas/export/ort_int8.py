@@ -50,10 +50,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
-from torch import nn
 
-__all__ = ["KERNELS", "Int8Report", "OrtModule", "int8_session", "quantize_conv_outputs"]
+__all__ = ["KERNELS", "Int8Report", "quantize_conv_outputs"]
 
 #: ``kernel`` choices of :func:`quantize_conv_outputs`.
 KERNELS = ("s8s8", "u8s8")
@@ -446,32 +444,3 @@ def _prune(model: Any) -> None:
     used = [i for i in model.graph.initializer if i.name in needed]
     del model.graph.initializer[:]
     model.graph.initializer.extend(used)
-
-
-# --------------------------------------------------------------------------- running
-
-
-def int8_session(path: PathLike, threads: int = 1) -> Tuple[Any, Dict[str, int]]:
-    """An onnxruntime CPU session (all optimisations) allowed to fuse int8 activations (the s8s8
-    kernel), and the operator counts of the graph it runs after optimisation (written beside
-    ``path`` as ``<stem>.optimized.onnx``); see :func:`~dynaquant_brevitas.export.qcdq.ort_session`."""
-    from .qcdq import ort_session
-
-    return ort_session(path, threads, {"session.qdqisint8allowed": "1"})
-
-
-class OrtModule(nn.Module):
-    """An onnxruntime session as a torch module (float32 in, float32 out, no gradient), e.g. to
-    put an exported ``g_a`` or ``g_s`` back into a CompressAI model: ``model.g_s = OrtModule(s)``.
-
-    Inputs whose shape differs from the graph's static one are refused by onnxruntime.
-    """
-
-    def __init__(self, session: Any) -> None:
-        super().__init__()
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out).to(x.device)

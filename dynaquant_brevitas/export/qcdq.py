@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 from dataclasses import dataclass, field
@@ -37,24 +36,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..quant import int_range
+from ..transform import dynaquant_layers, freeze
+from .ort import int8_session, int_kernel_count, ort_session
+from .ort_int8 import quantize_conv_outputs
+from .packing import quantized_weight_layers
+from .qonnx import VerificationError
+
 __all__ = [
-    "INT_KERNELS",
     "Deployable",
     "add_zero_point_shifts",
     "calibration_inputs",
     "deployable",
     "export_onnxruntime",
     "export_qcdq",
-    "int_kernel_count",
-    "ort_session",
     "qcdq_export_patches",
 ]
-
-#: onnxruntime operators that run integer arithmetic (what QDQ fusion produces when it can).
-INT_KERNELS = frozenset({
-    "QLinearConv", "QLinearConvTranspose", "ConvInteger", "MatMulInteger", "QLinearMatMul",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QLinearAdd", "QLinearMul",
-})
 
 PathLike = Union[str, Path]
 
@@ -131,8 +128,6 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]],
         >>> dep.notes["bits_capped_to_8"]  # doctest: +SKIP
         {'g_s.6': 10}
     """
-    from ..transform import dynaquant_layers, freeze
-
     notes: Dict[str, Any] = {
         "containers": "QuantizeLinear/DequantizeLinear in int8 (signed) or uint8 containers; widths below 8 "
         "add a Clip to the b-bit range; widths above 8 are exported at 8 (bits_capped_to_8)",
@@ -159,10 +154,9 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]],
         for quant in layer.tensor_quants():
             if quant.offset.numel() == 0 or not bool(torch.any(quant.offset != 0)):
                 continue
-            _, qmax = quant.levels(int(quant.static_bit_width))
-            scale = quant.range.clamp_min(1e-8) / qmax
-            zero = -quant.offset / scale
-            lo, hi = (-128, 127) if quant.signed else (0, 255)
+            qp = quant.qparams()
+            scale, zero = qp.scale.reshape(-1), qp.zero_point.reshape(-1)
+            lo, hi = int_range(8, quant.signed, narrow_range=False)
             integer = torch.round(zero).clamp(lo, hi)
             notes["zero_points_fractional"] += int((torch.abs(zero - torch.round(zero)) > 1e-4).sum())
             notes["zero_points_outside_int8"] += int((torch.round(zero) != integer).sum())
@@ -175,8 +169,6 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]],
 
 
 def _exported_bits(model: nn.Module, parts: Tuple[str, ...]) -> Dict[str, int]:
-    from ..packing import quantized_weight_layers
-
     return {name: int(layer.quant_weight().bit_width) for name, layer in quantized_weight_layers(model)
             if name.split(".")[0] in parts}
 
@@ -236,52 +228,9 @@ def export_qcdq(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """
     from brevitas.export import export_onnx_qcdq
 
-    from ..quant import proxies  # noqa: F401  registers DynaQuant's proxies
-
     with qcdq_export_patches(), torch.no_grad():
         export_onnx_qcdq(module.eval(), example, str(path), dynamo=False, opset_version=13)
     return path
-
-
-def ort_session(path: PathLike, threads: int = 1,
-                config: Optional[Mapping[str, str]] = None) -> Tuple[Any, Dict[str, int]]:
-    """An onnxruntime CPU session (all graph optimisations, ``threads`` threads, session config
-    entries ``config``) and the operator counts of the graph it actually runs (the optimised
-    model it writes beside ``path`` as ``<stem>.optimized.onnx``).
-
-    Example:
-        >>> session, ops = ort_session("g_a.qcdq.onnx")  # doctest: +SKIP
-        >>> ops["DequantizeLinear"] > 0  # doctest: +SKIP
-        True
-    """
-    import onnx
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = options.inter_op_num_threads = threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
-    optimized = path.with_name(path.stem + ".optimized.onnx")
-    options.optimized_model_filepath = str(optimized)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-    return session, dict(sorted(ops.items()))
-
-
-def int_kernel_count(ops: Mapping[str, int]) -> int:
-    """How many of the operators ``ops`` (as :func:`ort_session` counts them) run integer arithmetic.
-
-    Example:
-        >>> int_kernel_count({"QLinearConv": 4, "Conv": 3, "DequantizeLinear": 9})
-        4
-    """
-    return sum(n for op, n in ops.items() if op in INT_KERNELS)
 
 
 def calibration_inputs(reference: nn.Module, part: str, images: Sequence[torch.Tensor]) -> List[np.ndarray]:
@@ -342,7 +291,6 @@ def export_onnxruntime(model: nn.Module, folder: PathLike, image: torch.Tensor, 
         >>> report["g_a"]["qcdq"]["relative_error"] < 0.1  # doctest: +SKIP
         True
     """
-    from .ort_int8 import int8_session, quantize_conv_outputs
 
     if kernel and not calibration:
         raise ValueError(f"kernel {kernel!r} needs calibration images")
@@ -394,8 +342,6 @@ def _verify(session_ops: Tuple[Any, Dict[str, int]], inp: torch.Tensor, expected
 
 
 def _check(report: Mapping[str, Any], parts: Sequence[str], tolerance: float) -> None:
-    from .qonnx import VerificationError
-
     over = [f"{part}/{graph}: max abs error {facts['max_abs_error']:.4g} = {facts['relative_error']:.3g} of the "
             f"largest output {facts['output_max_abs']:.4g}" for part in parts for graph, facts in report[part].items()
             if facts["relative_error"] > tolerance]

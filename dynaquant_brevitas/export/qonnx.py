@@ -29,6 +29,7 @@ from qonnx.util.basic import get_by_name
 from qonnx.util.cleanup import cleanup_model
 from torch import nn
 
+from ..transform import freeze
 from .fold import FoldReport, fold_zero_points
 
 __all__ = ["ExportResult", "VerificationError", "export_qonnx", "output_step", "verify_qonnx"]
@@ -108,8 +109,6 @@ def frozen(module: nn.Module, profile: Optional[Any] = None) -> nn.Module:
     its bit widths would be whatever the last forward pass picked.
     """
     if hasattr(module, "dynaquant"):
-        from ..transform import freeze  # imported late: export works on plain Brevitas modules too
-
         return freeze(module, profile if profile is not None else "max")
     if profile is not None:
         raise ValueError("a profile needs the whole dynaquantized model (with model.dynaquant), not a part")
@@ -123,8 +122,6 @@ def frozen(module: nn.Module, profile: Optional[Any] = None) -> nn.Module:
 
 def _brevitas_export(module: nn.Module, input_shape: Sequence[int]) -> ModelWrapper:
     from brevitas.export import export_qonnx as brevitas_export_qonnx
-
-    from ..quant import proxies  # noqa: F401  registers our proxies with the export managers
 
     with tempfile.TemporaryDirectory() as tmp:
         raw_path = os.path.join(tmp, "raw.onnx")

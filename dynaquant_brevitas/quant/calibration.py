@@ -7,7 +7,7 @@ Example:
     >>> conv = QuantConv2d(3, 4, 1, weight_quant=DynaWeightQuant, input_quant=DynaActQuant)
     >>> calibrate(conv, [torch.randn(4, 3, 8, 8) for _ in range(3)])
     >>> quant = conv.input_quant.fused_activation_quant_proxy.tensor_quant
-    >>> quant.range.shape, quant.observed_batches.item() >= quant.calibration_steps
+    >>> quant.range.shape, quant.observed_batches.item() >= quant.calibration_batches
     (torch.Size([3]), True)
 """
 
@@ -71,7 +71,7 @@ def calibrate(model: nn.Module, samples: Iterable[Any], max_batches: Optional[in
     finally:
         for q in quantizers:
             q.collecting = False
-            q.observed_batches.clamp_(min=q.calibration_steps)
+            q.observed_batches.clamp_(min=q.calibration_batches)
         model.train(was_training)
     if seen == 0:
         raise ValueError("calibrate() got no samples")

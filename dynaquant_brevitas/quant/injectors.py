@@ -14,7 +14,7 @@ from brevitas.inject import ExtendedInjector, value
 from brevitas.inject.enum import FloatToIntImplType
 from torch import nn
 
-from ..gradients import ROUNDING_ESTIMATORS
+from ..registry import lookup
 from .proxies import DynaActQuantProxy, DynaWeightQuantProxy
 from .tensor_quant import ContentAwareIntQuant
 
@@ -47,12 +47,7 @@ class DGMRounding(ExtendedInjector):
 
     @value
     def float_to_int_impl(rounding):
-        try:
-            return ROUNDING_ESTIMATORS[rounding]
-        except KeyError:
-            raise ValueError(
-                f"unknown rounding estimator {rounding!r}; known: {sorted(ROUNDING_ESTIMATORS)}"
-            ) from None
+        return lookup("estimator", rounding)
 
 
 class STERounding(DGMRounding):
@@ -78,7 +73,7 @@ class ContentAwareWeight(_ContentAware):
     narrow_range = True
     learn_offset = False
     stats_percentile = 100.0
-    calibration_steps = 0
+    calibration_batches = 0
 
     @value
     def channel_dim(module):
@@ -94,7 +89,7 @@ class ContentAwareAct(_ContentAware):
     narrow_range = True
     learn_offset = True
     stats_percentile = 99.99
-    calibration_steps = 8
+    calibration_batches = 8
 
     @value
     def channel_dim(module):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from brevitas.proxy import ActQuantProxyFromInjector, WeightQuantProxyFromInjector
 
-__all__ = ["DynaActQuantProxy", "DynaWeightQuantProxy"]
+__all__ = ["DynaActQuantProxy", "DynaWeightQuantProxy", "register_export_handlers"]
 
 
 class DynaWeightQuantProxy(WeightQuantProxyFromInjector):
     """Weight proxy; with a per-sample bit choice its value has shape ``(N, *weight.shape)``."""
+
+    def __init__(self, quant_layer, quant_injector) -> None:
+        super().__init__(quant_layer, quant_injector)
+        register_export_handlers()
 
 
 class DynaActQuantProxy(ActQuantProxyFromInjector):
@@ -22,6 +26,7 @@ class DynaActQuantProxy(ActQuantProxyFromInjector):
     def __init__(self, quant_layer, quant_injector) -> None:
         super().__init__(quant_layer, quant_injector)
         self.skip_create_quant_tensor = True
+        register_export_handlers()
 
     def retrieve_attribute(self, attribute, force_eval):
         skip, self.skip_create_quant_tensor = self.skip_create_quant_tensor, False
@@ -31,12 +36,20 @@ class DynaActQuantProxy(ActQuantProxyFromInjector):
             self.skip_create_quant_tensor = skip
 
 
-def _register_export_handlers() -> None:
-    """Teach Brevitas's ONNX export managers our proxies.
+_registered = False
+
+
+def register_export_handlers() -> None:
+    """Teach Brevitas's ONNX export managers our proxies, once: the first DynaQuant proxy built
+    does it, so Brevitas's own ``export_qonnx`` and ``export_onnx_qcdq`` work on our layers.
 
     Brevitas matches proxy handlers by exact type, so each handler of the stock weight and
     activation proxies is subclassed once for ours. Without the export extra this is a no-op.
     """
+    global _registered
+    if _registered:
+        return
+    _registered = True
     try:
         from brevitas.export.onnx.qonnx.manager import QONNXManager
         from brevitas.export.onnx.standard.qcdq.manager import StdQCDQONNXManager
@@ -51,5 +64,3 @@ def _register_export_handlers() -> None:
                     type(f"Dyna{handler.__name__}", (handler,), {"handled_layer": proxy})
                 )
 
-
-_register_export_handlers()

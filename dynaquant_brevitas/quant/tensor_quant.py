@@ -36,16 +36,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from brevitas.function.ops import tensor_clamp
 from torch import Tensor, nn
 
-from ..gradients import DGMRound, STERound
 from .fake_quant import fake_quantize, mixture_gradient
+from .rounding import DGMRound, STERound
 
-__all__ = ["BitChoice", "ContentAwareIntQuant", "QuantizerNotCalibratedError", "int_range"]
+__all__ = ["BitChoice", "ContentAwareIntQuant", "QParams", "QuantizerNotCalibratedError", "int_range"]
 
 _MIN_RANGE = 1e-8
 _DEAD_RANGE = 1e-6
@@ -67,6 +67,33 @@ def int_range(bits: int, signed: bool, narrow_range: bool) -> Tuple[int, int]:
         qmax = 2 ** (bits - 1) - 1
         return (-qmax if narrow_range else -qmax - 1), qmax
     return 0, 2**bits - 1 - (1 if narrow_range else 0)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """The integer grid of one bit width: ``q = clamp(round(x / scale + zero_point), qmin, qmax)``
+    and ``x_hat = scale * (q - zero_point)``; ``scale`` and ``zero_point`` broadcast over the input.
+
+    Example:
+        >>> qp = QParams(torch.tensor(0.5), torch.tensor(0.0), -3, 3, bits=3, signed=True, narrow_range=True)
+        >>> qp.quantize(torch.tensor([-1.2, 0.26, 3.0])).tolist(), qp.dequantize(torch.tensor([2])).tolist()
+        ([-2, 1, 3], [1.0])
+    """
+
+    scale: Tensor
+    zero_point: Tensor
+    qmin: int
+    qmax: int
+    bits: int
+    signed: bool
+    narrow_range: bool
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Integers (int64) of ``x`` on this grid."""
+        return torch.clamp(torch.round(x / self.scale + self.zero_point), self.qmin, self.qmax).to(torch.int64)
+
+    def dequantize(self, q: Tensor) -> Tensor:
+        return self.scale * (q.to(self.scale.dtype) - self.zero_point)
 
 
 @dataclass
@@ -103,10 +130,21 @@ class BitChoice:
         return None
 
 
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, param: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return param.view_as(param)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
 def _scale_grad(param: Tensor, factor: float) -> Tensor:
-    """Identity in value; multiplies the gradient by ``factor`` (the LSQ trick)."""
-    scaled = param * factor
-    return (param - scaled).detach() + scaled
+    """Exactly ``param`` in value (so :meth:`ContentAwareIntQuant.qparams` gives the forward's
+    numbers bit for bit); multiplies the gradient by ``factor`` (the LSQ trick)."""
+    return _GradScale.apply(param, factor)
 
 
 class _SelectionGradient(torch.autograd.Function):
@@ -142,7 +180,7 @@ class ContentAwareIntQuant(nn.Module):
     same quantizer class serves any layer width; a state dict restores them with their shape.
 
     Activation quantizers initialise ``range`` and ``offset`` from percentiles of what they see
-    during calibration: the first ``calibration_steps`` training batches, or an explicit
+    during calibration: the first ``calibration_batches`` training batches, or an explicit
     :func:`dynaquant_brevitas.calibrate` pass. Weight quantizers initialise from the weight.
     """
 
@@ -157,7 +195,7 @@ class ContentAwareIntQuant(nn.Module):
         per_channel: bool,
         is_weight: bool,
         stats_percentile: float,
-        calibration_steps: int,
+        calibration_batches: int,
         channel_dim: int = 1,
         tracked_parameter_list: Optional[List[Tensor]] = None,
         integer_zero_point: bool = False,
@@ -174,7 +212,7 @@ class ContentAwareIntQuant(nn.Module):
         self.per_channel = bool(per_channel)
         self.is_weight = bool(is_weight)
         self.stats_percentile = float(stats_percentile)
-        self.calibration_steps = int(calibration_steps)
+        self.calibration_batches = int(calibration_batches)
         self.channel_dim = int(channel_dim)
         self.integer_zero_point = bool(integer_zero_point)
         self.range = nn.Parameter(torch.empty(0), requires_grad=self.learn_range)
@@ -185,6 +223,7 @@ class ContentAwareIntQuant(nn.Module):
         self.collecting = False
         self.input_ndim = 2 if channel_dim == -1 else 4
         if self.is_weight and tracked_parameter_list:
+            self.input_ndim = tracked_parameter_list[0].dim()
             with torch.no_grad():
                 self._observe(tracked_parameter_list[0].detach())
 
@@ -202,6 +241,21 @@ class ContentAwareIntQuant(nn.Module):
 
     def levels(self, bits: int) -> Tuple[int, int]:
         return int_range(bits, self.signed, self.narrow_range)
+
+    def qparams(self, bits: Optional[int] = None) -> QParams:
+        """Scale, zero point and integer bounds at ``bits`` (default: the static width), detached,
+        shaped to broadcast over this quantizer's input; what packing and every exporter read."""
+        bits = int(self.static_bit_width) if bits is None else int(bits)
+        qmin, qmax = self.levels(bits)
+        with torch.no_grad():
+            ndim = self.input_ndim
+            scale = self._param_view(self.range, ndim).clamp_min(_MIN_RANGE) / qmax
+            zero_point = self._zero_point(self._param_view(self.offset, ndim), scale)
+        return QParams(scale, zero_point, qmin, qmax, bits, self.signed, self.narrow_range)
+
+    def fake_quantize(self, x: Tensor, bits: Optional[int] = None) -> Tensor:
+        """``x`` quantized and dequantized at ``bits`` (default: the static width), with gradients."""
+        return self._quantize(x, int(self.static_bit_width) if bits is None else int(bits))[0]
 
     # -- statistics -----------------------------------------------------------------------------
 
@@ -365,7 +419,7 @@ class ContentAwareIntQuant(nn.Module):
     def _auto_calibrating(self) -> bool:
         if self.is_weight:
             return not self.initialized
-        return self.training and int(self.observed_batches) < self.calibration_steps
+        return self.training and int(self.observed_batches) < self.calibration_batches
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
@@ -377,12 +431,3 @@ def _check_bits(bits: int) -> None:
     if int(bits) != bits or not 2 <= bits <= 16:
         raise ValueError(f"bit width must be an integer in 2..16, got {bits}")
 
-
-def candidate_bits(candidates: Sequence[int]) -> Tuple[int, ...]:
-    """Validated, sorted, de-duplicated candidate bit widths."""
-    values = tuple(sorted({int(b) for b in candidates}))
-    if not values:
-        raise ValueError("candidate bit widths must not be empty")
-    for b in values:
-        _check_bits(b)
-    return values

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaquant_brevitas.layers import DynaQuantConv2d
-from dynaquant_brevitas.plugins import hookimpl
+from dynaquant_brevitas.nn import DynaQuantConv2d
+from dynaquant_brevitas.registry import hookimpl
 
 __version__ = "0.1.0"
 

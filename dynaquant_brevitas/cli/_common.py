@@ -1,0 +1,121 @@
+"""Helpers shared by subcommands: YAML configuration with ``--set`` overrides, user errors.
+
+Example:
+    >>> apply_overrides({"train": {"lr": 1e-3}}, ["train.lr=3e-4", "model.N=32"])
+    {'train': {'lr': 0.0003}, 'model': {'N': 32}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the CLI prints it without a traceback."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` and repeatable ``--set section.key=value`` (value parsed as YAML)."""
+    parser.add_argument("-c", "--config", type=Path, help="YAML configuration file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration entry, e.g. --set train.lr=3e-4 (repeatable; value is YAML)",
+    )
+
+
+def add_arch_argument(parser: argparse.ArgumentParser) -> None:
+    """``--arch NAME`` for checkpoints that are bare CompressAI state dicts."""
+    parser.add_argument(
+        "--arch",
+        metavar="NAME",
+        help="CompressAI architecture of a checkpoint that is a bare state dict "
+        "(default: inferred from its tensors; dynaquant checkpoints record it)",
+    )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so ``path`` is complete or absent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_yaml(path: Path | None) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (``{}`` for ``None``)."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"config {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path} must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(dict(config))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        value = parse_value(raw, item)
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def parse_value(raw: str, context: str = "") -> Any:
+    """A YAML scalar or collection; numbers in exponent notation (``3e-4``) become floats.
+
+    >>> parse_value("3e-4"), parse_value("[4, 6]"), parse_value("cuda")
+    (0.0003, [4, 6], 'cuda')
+    """
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--set {context or raw!r}: value is not valid YAML: {err}") from err
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            pass
+    return value
+
+
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The YAML file named by ``--config`` (its paths taken from its folder) with every ``--set``
+    applied (paths as given, from the current folder)."""
+    from ..training.config import paths_relative_to
+
+    raw = read_yaml(args.config)
+    if args.config is not None:
+        raw = paths_relative_to(raw, Path(args.config).parent)
+    return apply_overrides(raw, args.overrides)

@@ -1,0 +1,47 @@
+"""``dynaquant decode``: decompress a DynaQuant container file into an image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import UsageError, add_arch_argument
+
+HELP = "decompress a container file into an image (refuses damaged files and the wrong model)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "decode",
+        help=HELP,
+        description=HELP,
+        epilog="example: dynaquant decode --checkpoint model.pt kodim01.dqic -o kodim01.png",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, metavar="PATH|zoo:NAME:QUALITY", help="model the file was encoded with"
+    )
+    add_arch_argument(p)
+    p.add_argument("file", type=Path, help="container file written by dynaquant encode")
+    p.add_argument("-o", "--output", required=True, type=Path, help="image to write (PNG recommended)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.checkpoint import state_dict_fingerprint
+    from ..io.container import ContainerError, unpack
+    from ..io.images import write_image
+    from ..evaluation import decode_image, load_for_eval
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {args.file}: {err.strerror or err}") from err
+    loaded = load_for_eval(args.checkpoint, args.arch)
+    try:
+        box = unpack(data, expected_model_id=state_dict_fingerprint(loaded.model))
+        x_hat = decode_image(loaded.model, box.strings, box.shape, box.size)
+    except ContainerError as err:
+        raise ContainerError(f"{args.file}: {err}") from err
+    write_image(x_hat, args.output)  # only a fully decoded image is written
+    print(f"{args.output}: {box.size[1]}x{box.size[0]}")
+    return 0

@@ -1,0 +1,159 @@
+"""Coding one image for real: pad, ``compress``, ``decompress``, with checks on both sides.
+
+Example:
+    >>> from compressai.models import FactorizedPrior
+    >>> model = prepare_for_coding(FactorizedPrior(8, 12))
+    >>> x = torch.rand(1, 3, 70, 90)
+    >>> coded = encode_image(model, x)
+    >>> decode_image(model, coded.strings, coded.shape, (70, 90)).shape
+    torch.Size([1, 3, 70, 90])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from compressai.ops import compute_padding
+from torch import nn
+
+from ..io.checkpoint import check_finite
+from ..io.container import ContainerError
+
+__all__ = ["PAD_MULTIPLE", "Coded", "EvalError", "check_coded", "decode_image", "encode_image", "last_choice", "prepare_for_coding"]
+
+#: Images are padded to a multiple of this (6 stride-2 stages), as CompressAI's eval does.
+PAD_MULTIPLE = 64
+
+
+class EvalError(ValueError):
+    """A model or image set cannot be evaluated (e.g. zoo weights unavailable offline)."""
+
+
+def prepare_for_coding(model: nn.Module) -> nn.Module:
+    """Eval mode and fresh entropy-coder tables (``model.update(force=True)``); returns the model.
+
+    Refuses (:class:`~dynaquant_brevitas.checkpoint.CheckpointError`) weights holding NaN or inf.
+    """
+    check_finite(model)
+    model.eval()
+    model.update(force=True)
+    return model
+
+
+@dataclass
+class Coded:
+    """One image's bitstreams and the latent shape ``decompress`` needs."""
+
+    strings: list[list[bytes]]
+    shape: list[int]
+    size: tuple[int, int]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(s) for group in self.strings for s in group)
+
+
+def _dynaquant_state(model: nn.Module) -> Any:
+    return getattr(model, "dynaquant", None)
+
+
+def check_input(x: torch.Tensor) -> None:
+    """Raise :class:`EvalError` unless ``x`` is one finite ``(1, 3, H, W)`` image."""
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise EvalError(f"expected one RGB image of shape (1, 3, H, W), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise EvalError("the input image holds NaN or inf values")
+
+
+@torch.no_grad()
+def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
+    """Pad a ``(1, 3, H, W)`` image to a multiple of 64 and ``compress`` it.
+
+    Refuses inputs and weights holding NaN or inf before coding anything.
+    """
+    check_input(x)
+    check_finite(model)
+    h, w = x.shape[-2:]
+    pad, _ = compute_padding(h, w, min_div=PAD_MULTIPLE)
+    state = _dynaquant_state(model)
+    if state is not None:
+        state.reset()
+    out = model.compress(F.pad(x, pad, mode="constant", value=0))
+    strings = [list(group) for group in out["strings"]]
+    return Coded(strings, [int(s) for s in out["shape"]], (int(h), int(w)))
+
+
+@torch.no_grad()
+def decode_image(
+    model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]
+) -> torch.Tensor:
+    """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1].
+
+    Raises :class:`~dynaquant_brevitas.container.ContainerError` when the strings, latent shape
+    and size cannot come from this model (checked before and after decoding).
+    """
+    padded = _padded_size(size)
+    check_coded(strings, shape, padded)
+    tail = bytes(_rans_tail(strings, padded))
+    try:
+        out = model.decompress([[bytes(s) + tail for s in g] for g in strings], torch.Size(shape))
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError) as err:
+        raise ContainerError(f"the bitstreams do not fit this model: {type(err).__name__}: {err}") from err
+    x_hat = out["x_hat"]
+    if tuple(x_hat.shape[-2:]) != padded or not bool(torch.isfinite(x_hat).all()):
+        raise ContainerError(
+            f"the bitstreams do not fit this model: latent shape {list(shape)} decodes to "
+            f"{tuple(x_hat.shape[-2:])}, the image needs {padded}"
+        )
+    _, unpad = compute_padding(size[0], size[1], min_div=PAD_MULTIPLE)
+    return F.pad(x_hat, unpad).clamp(0, 1)
+
+
+#: Every rANS string ends with the coder's 8-byte state flush, so shorter ones are damaged.
+RANS_MIN_BYTES = 8
+
+
+def _padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple(-(-int(side) // PAD_MULTIPLE) * PAD_MULTIPLE for side in size)  # type: ignore[return-value]
+
+
+def check_coded(strings: Sequence[Sequence[bytes]], shape: Sequence[int], padded: tuple[int, int]) -> None:
+    """Raise :class:`ContainerError` unless strings and latent shape fit one padded image.
+
+    One string per group (one image), each at least :data:`RANS_MIN_BYTES` long, and a 2-d
+    latent shape that divides the padded size by the same power of two along both sides.
+    """
+    if not strings or any(len(g) != 1 for g in strings):
+        raise ContainerError(f"expected one string per group for one image, got {[len(g) for g in strings]}")
+    if min(len(s) for g in strings for s in g) < RANS_MIN_BYTES:
+        raise ContainerError(f"damaged file: a bitstream is shorter than {RANS_MIN_BYTES} bytes")
+    ratios = {p / d for p, d in zip(padded, shape)} if len(shape) == 2 else set()
+    ratio = ratios.pop() if len(ratios) == 1 else 0.0
+    if not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
+        raise ContainerError(f"latent shape {list(shape)} does not fit an image padded to {padded}")
+
+
+def _rans_tail(strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> int:
+    """Zero bytes appended to every string before decoding.
+
+    CompressAI's rANS decoder reads its input without bounds checks, so a file whose strings are
+    too short for its latent shape (only possible with a recomputed CRC) would make it read
+    past the end; the tail covers one 32-bit word for up to 1.25 symbols per pixel (320 latent
+    channels at stride 16) and the bypass codes of a string's own bytes. Valid strings decode
+    the same with or without it.
+    """
+    longest = max(len(s) for g in strings for s in g)
+    return 5 * padded[0] * padded[1] + 16 * longest
+
+
+def last_choice(model: nn.Module) -> dict[str, Any] | None:
+    """Per-layer bit widths chosen for the last image coded (``None`` if the model is not dynamic)."""
+    state = _dynaquant_state(model)
+    if state is None or not getattr(state, "last", None):
+        return None
+    record = state.bits_record()
+    return {"layers": list(record["layers"]), "bits": [int(b) for b in record["bits"][0].tolist()]}

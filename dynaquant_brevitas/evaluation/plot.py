@@ -1,0 +1,111 @@
+"""Figures: rate-distortion curves and per-image, per-layer bit-width heat maps (PNG and PDF).
+
+Example:
+    >>> import tempfile
+    >>> ours = {"name": "ours", "results": {"bpp": [0.3, 0.5], "psnr-rgb": [28.0, 30.0]}}
+    >>> paths = plot_rd([ours], tempfile.mkdtemp() + "/rd")
+    >>> sorted(p.suffix for p in paths)
+    ['.pdf', '.png']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..io.files import write_atomic
+from .metrics import MetricError, curve
+
+FORMATS = ("png", "pdf")
+AXIS_LABELS = {"psnr": "PSNR RGB [dB]", "ms-ssim": "MS-SSIM RGB [dB]"}
+
+
+def _save(fig: Any, base: str | os.PathLike) -> list[Path]:
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_name(f"{base.name}.{ext}") for ext in FORMATS]
+    for path, ext in zip(paths, FORMATS):
+        write_atomic(path, lambda f, ext=ext: fig.savefig(f, format=ext, bbox_inches="tight", dpi=150))
+    return paths
+
+
+def plot_rd(
+    results: Sequence[Mapping[str, Any]],
+    output: str | os.PathLike,
+    metric: str = "psnr",
+    references: Sequence[Mapping[str, Any]] = (),
+    title: str | None = None,
+) -> list[Path]:
+    """Rate-distortion curves of ``results`` (solid, markers) over ``references`` (dashed).
+
+    Each entry is a CompressAI-format result dict; writes ``output.png`` and ``output.pdf``.
+    """
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    for style, group in (("--", references), ("-o", results)):
+        for res in group:
+            rate, dist = curve(res, metric)
+            order = np.argsort(rate)
+            ax.plot(
+                np.asarray(rate)[order],
+                np.asarray(dist)[order],
+                style,
+                label=res.get("name", "?"),
+                markersize=4,
+                linewidth=1.2 if style == "--" else 1.8,
+            )
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel(AXIS_LABELS[metric])
+    ax.set_title(title or f"Rate-distortion ({metric})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, output)
+
+
+def bit_matrix(result: Mapping[str, Any], model_index: int = 0) -> tuple[np.ndarray, list[str], list[str]]:
+    """``(bits[image, layer], image names, layer names)`` from an eval JSON made with ``--per-image``."""
+    models = result.get("models") or []
+    if not models or model_index >= len(models):
+        raise MetricError(f"result has {len(models)} model entries, no index {model_index}")
+    entry = models[model_index]
+    rows = [r for r in entry.get("per_image", []) if "layer_bits" in r]
+    if not rows or "layers" not in entry:
+        raise MetricError("no per-layer bits: evaluate a dynaquantized model with --per-image")
+    return (
+        np.array([r["layer_bits"] for r in rows], dtype=float),
+        [r["image"] for r in rows],
+        list(entry["layers"]),
+    )
+
+
+def plot_bit_heatmap(
+    result: Mapping[str, Any], output: str | os.PathLike, model_index: int = 0
+) -> list[Path]:
+    """Heat map of the bit width chosen for every image (rows) and dynamic layer (columns)."""
+    bits, images, layers = bit_matrix(result, model_index)
+    fig = Figure(figsize=(1.2 + 0.45 * len(layers), 1.2 + 0.25 * len(images)))
+    ax = fig.subplots()
+    im = ax.imshow(bits, aspect="auto", cmap="viridis", interpolation="nearest")
+    if bits.size <= 40 * 40:  # small enough to print every value
+        for (i, j), value in np.ndenumerate(bits):
+            ax.text(
+                j,
+                i,
+                f"{value:g}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="w" if value < bits.max() else "k",
+            )
+    ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(images)), images, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("image")
+    ax.set_title(f"Chosen bit widths ({result.get('name', '')}, mean {bits.mean():.2f})")
+    fig.colorbar(im, ax=ax, label="bits")
+    return _save(fig, output)

@@ -1,0 +1,105 @@
+"""The bit-width selector: per-image features in, one bit-width choice per layer out.
+
+Features are pooled from the output of the first module of a transform: per-channel mean and
+standard deviation (a cheap texture measure) and a ``pool x pool`` grid of the mean magnitude
+(where in the image the energy is), layer-normalised so the MLP sees the same scale whatever the
+codec's activations. A two-layer MLP turns them into logits of shape ``(N, layers, candidates)``. Training samples a hard choice
+with the straight-through Gumbel-softmax; evaluation takes the argmax, so a decoder that sees the
+same features makes the same choice and no bit widths are transmitted.
+
+Example:
+    >>> import torch
+    >>> selector = BitSelector(channels=16, layers=3, candidates=(4, 6, 8)).eval()
+    >>> selection = selector(torch.randn(2, 16, 32, 32))
+    >>> selection.weights.shape, selection.probs.shape
+    (torch.Size([2, 3, 3]), torch.Size([2, 3, 3]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import register_selector
+
+__all__ = ["BitSelector", "Selection"]
+
+
+@dataclass
+class Selection:
+    """A selector's decision for one batch.
+
+    Attributes:
+        probs: ``(N, L, K)`` softmax probabilities (what the bit loss takes the expectation over).
+        weights: ``(N, L, K)`` one-hot selection, with straight-through gradients in training.
+        candidates: the candidate bit widths.
+    """
+
+    probs: Tensor
+    weights: Tensor
+    candidates: Tuple[int, ...]
+
+    @property
+    def bits(self) -> Tensor:
+        """``(N, L)`` chosen bit widths."""
+        table = torch.tensor(self.candidates, dtype=self.probs.dtype, device=self.probs.device)
+        return table[self.weights.argmax(dim=-1)]
+
+
+@register_selector("mlp")
+class BitSelector(nn.Module):
+    """Pooled statistics -> MLP -> per-layer bit-width choice (see module docstring)."""
+
+    def __init__(
+        self,
+        channels: int,
+        layers: int,
+        candidates: Sequence[int],
+        hidden: int = 64,
+        pool: int = 5,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.candidates = tuple(int(b) for b in candidates)
+        self.layers = int(layers)
+        self.pool = int(pool)
+        self.max_side = 64
+        self.register_buffer("temperature", torch.tensor(1.0))
+        features = self.features_dim = 2 * channels + pool * pool
+        self.mlp = nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, self.layers * len(self.candidates)),
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        """Per-channel mean and spread, and a ``pool x pool`` grid of the mean magnitude.
+
+        ``2 C + pool^2`` numbers per image: compact, so the selector adds little to the model's
+        size (a per-channel grid would need ``C pool^2`` inputs). The codec gets no gradient.
+
+        Large feature maps are read with a stride so that at most about ``max_side`` pixels per
+        side are pooled: statistics need no more, and the selector stays cheap on big images.
+        """
+        x = x.detach()
+        stride = max(1, min(x.shape[-2:]) // self.max_side)
+        if stride > 1:
+            x = x[..., ::stride, ::stride].contiguous()
+        flat = x.flatten(2)
+        mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
+        energy = F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
+        return F.layer_norm(torch.cat([mean, spread, energy], dim=1), (self.features_dim,))
+
+    def forward(self, x: Tensor) -> Selection:
+        logits = self.mlp(self.features(x)).view(x.shape[0], self.layers, len(self.candidates))
+        probs = logits.softmax(dim=-1)
+        if self.training:
+            weights = F.gumbel_softmax(logits, tau=float(self.temperature), hard=True, dim=-1)
+        else:
+            weights = F.one_hot(logits.argmax(dim=-1), len(self.candidates)).to(logits.dtype)
+        return Selection(probs=probs, weights=weights, candidates=self.candidates)

@@ -1,0 +1,149 @@
+"""Static profiles: the bits a dynaquantized model chose per image, and ``freeze`` to one profile.
+
+Example:
+    >>> import torch
+    >>> from compressai.models import ScaleHyperprior
+    >>> from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize
+    >>> model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(4, 8)))
+    >>> calibrate(model, [torch.rand(2, 3, 64, 64)])
+    >>> static = freeze(model, "min")
+    >>> sorted(set(static.dynaquant_profile.values()))
+    [4, 8]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import DECODER, ENCODER
+from .dynaquantize import dynaquant_layers, dynaquant_state
+
+__all__ = ["Profile", "chosen_bits", "freeze", "resolve_profile"]
+
+Profile = Union[str, Mapping[str, int]]
+
+
+def chosen_bits(model: nn.Module, images: Iterable[Tensor]) -> Tuple[List[str], List[List[int]]]:
+    """``(dynamic layer names, chosen bits per image)`` of an eval-mode run over ``images``.
+
+    Each image is ``(3, H, W)`` or ``(N, 3, H, W)``; a batch contributes one row per image.
+    """
+    state = dynaquant_state(model)
+    layers: List[str] = []
+    rows: List[List[int]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for image in images:
+                model(image if image.dim() == 4 else image.unsqueeze(0))
+                if state.last:
+                    record = state.bits_record()
+                    layers = record["layers"]
+                    rows.extend([[int(b) for b in row] for row in record["bits"].tolist()])
+    finally:
+        model.train(was_training)
+    return layers, rows
+
+
+def _mode_profile(model: nn.Module, images: Iterable[Tensor]) -> Dict[str, int]:
+    layers, rows = chosen_bits(model, images)
+    if not rows:
+        raise ValueError('profile "mode" needs at least one image')
+    return {name: Counter(row[i] for row in rows).most_common(1)[0][0] for i, name in enumerate(layers)}
+
+
+def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterable[Tensor]] = None) -> Dict[str, int]:
+    """Per-layer bit widths from ``"max"``, ``"min"``, ``"mode"`` or a ``{layer: bits}`` mapping.
+
+    A mapping names every dynamic layer (with one of the candidates) and may name fixed layers
+    too, with any width from 2 to 16: a frozen model's own ``dynaquant_profile`` is accepted.
+    """
+    state = dynaquant_state(model)
+    names = [n for side in (ENCODER, DECODER) for n in state.layer_names[side]]
+    candidates = state.config.candidate_bits
+    if isinstance(profile, str):
+        if profile == "max":
+            return {name: max(candidates) for name in names}
+        if profile == "min":
+            return {name: min(candidates) for name in names}
+        if profile == "mode":
+            if images is None:
+                raise ValueError('profile "mode" needs images=...')
+            return _mode_profile(model, images)
+        raise ValueError(f"unknown profile {profile!r}: use 'max', 'min', 'mode' or a mapping")
+    if not isinstance(profile, Mapping):
+        raise ValueError(f"a profile is 'max', 'min', 'mode' or a {{layer: bits}} mapping, not {type(profile).__name__}")
+    mapping = {str(k): _width(k, v) for k, v in profile.items()}
+    quantized = {name for name, _ in dynaquant_layers(model)}
+    unknown = sorted(set(mapping) - quantized)
+    missing = sorted(set(names) - set(mapping))
+    if unknown or missing:
+        raise ValueError(f"profile does not match the model's quantized layers: unknown {unknown}, missing dynamic {missing}")
+    bad = {k: mapping[k] for k in names if mapping[k] not in candidates}
+    if bad:
+        raise ValueError(f"profile bit widths {bad} are not among the candidates {candidates}")
+    return mapping
+
+
+def _width(name: object, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or not 2 <= value <= 16:
+        raise ValueError(f"profile: {name}: bit widths are integers from 2 to 16, got {value!r}")
+    return int(value)
+
+
+@contextmanager
+def _selection_set_aside(model: nn.Module) -> Iterator[None]:
+    """Drop the last forward's selection while inside (it may hold a training graph, which
+    ``copy.deepcopy`` refuses), and put it back afterwards."""
+    state = dynaquant_state(model)
+    layers = [layer for _, layer in dynaquant_layers(model)]
+    last, choices = state.last, [layer.bit_choice for layer in layers]
+    state.last = {}
+    for layer in layers:
+        layer.set_bit_choice(None)
+    try:
+        yield
+    finally:
+        state.last = last
+        for layer, choice in zip(layers, choices):
+            layer.set_bit_choice(choice)
+
+
+def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable[Tensor]] = None) -> nn.Module:
+    """A static copy of a dynaquantized model: no selectors, one bit width per layer.
+
+    Args:
+        model: a model returned by :func:`dynaquantize` (left unchanged).
+        profile: ``"max"`` (every dynamic layer at the largest candidate), ``"min"``, ``"mode"``
+            (each layer's most frequent choice over ``images``) or a ``{layer name: bits}`` map.
+        images: images for ``"mode"``, each ``(3, H, W)`` or ``(N, 3, H, W)``.
+
+    Returns:
+        A deep copy whose dynamic layers run at fixed bit widths; ``frozen.dynaquant_profile``
+        records every quantized layer's width and ``frozen.dynaquant_config`` the configuration
+        (:func:`~dynaquant_brevitas.io.save_model` stores both). Export builds on it.
+    """
+    bits = resolve_profile(model, profile, images)
+    with _selection_set_aside(model):
+        frozen = copy.deepcopy(model)
+    state = dynaquant_state(frozen)
+    for module in frozen.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            for key in [k for k, hook in hooks.items() if getattr(hook, "__self__", None) is state]:
+                del hooks[key]
+    del frozen.dynaquant
+    frozen.dynaquant_config = state.config
+    layers = dict(dynaquant_layers(frozen))
+    for name, b in bits.items():
+        layers[name].set_bit_width(b)
+    for layer in layers.values():
+        layer.set_bit_choice(None)
+    frozen.dynaquant_profile = {name: layer.bit_width for name, layer in layers.items()}
+    return frozen
