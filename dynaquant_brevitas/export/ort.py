@@ -28,8 +28,22 @@ def ort_session(path: PathLike, threads: int = 1,
     model it writes beside ``path`` as ``<stem>.optimized.onnx``).
 
     Example:
-        >>> session, ops = ort_session("g_a.qcdq.onnx")  # doctest: +SKIP
-        >>> ops["DequantizeLinear"] > 0  # doctest: +SKIP
+        A Brevitas convolution exported to QCDQ (:mod:`dynaquant_brevitas.export.qcdq`):
+
+        >>> import tempfile
+        >>> from brevitas.nn import QuantConv2d
+        >>> from brevitas.quant import Int8ActPerTensorFloat
+        >>> from dynaquant_brevitas.export.qcdq import export_qcdq
+        >>> _ = torch.manual_seed(0)
+        >>> conv = QuantConv2d(3, 4, 3, padding=1, input_quant=Int8ActPerTensorFloat, return_quant_tensor=False)
+        >>> _ = conv.train()(torch.rand(2, 3, 8, 8))  # calibrates the input quantizer
+        >>> x = torch.rand(1, 3, 8, 8)
+        >>> path = export_qcdq(conv.eval(), x, Path(tempfile.mkdtemp()) / "conv.qcdq.onnx")
+        >>> session, ops = ort_session(path)
+        >>> ops["DequantizeLinear"] > 0, int_kernel_count(ops)  # fake-quantized: a float convolution
+        (True, 0)
+        >>> got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        >>> bool(np.abs(got - conv(x).detach().numpy()).max() < 1e-4)
         True
     """
     import onnx

@@ -36,10 +36,37 @@ scale and zero point), unquantized inputs (GDN's own 1x1 convolution), weights w
 point, and transposed convolutions whose output size is not ``stride * input size``.
 
 Example:
-    >>> report = quantize_conv_outputs("qcdq.g_a.onnx", [x_numpy], "int8.g_a.onnx")  # doctest: +SKIP
-    >>> session, ops = int8_session("int8.g_a.onnx")  # doctest: +SKIP
-    >>> ops["QLinearConv"]  # doctest: +SKIP
-    4
+    Convolution -> GDN -> transposed convolution with per-tensor int8 inputs, exported to QCDQ
+    (:func:`dynaquant_brevitas.export.qcdq.export_onnxruntime` does this for whole transforms):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from brevitas.graph.calibrate import calibration_mode
+    >>> from brevitas.nn import QuantConv2d, QuantConvTranspose2d
+    >>> from brevitas.quant import Int8ActPerTensorFloat
+    >>> from compressai.layers import GDN
+    >>> from dynaquant_brevitas.export.ort import int8_session
+    >>> from dynaquant_brevitas.export.qcdq import export_qcdq
+    >>> _ = torch.manual_seed(0)
+    >>> quant = dict(input_quant=Int8ActPerTensorFloat, return_quant_tensor=False)
+    >>> model = torch.nn.Sequential(QuantConv2d(3, 8, 5, stride=2, padding=2, **quant), GDN(8),
+    ...                             QuantConvTranspose2d(8, 3, 5, stride=2, padding=2, output_padding=1, **quant))
+    >>> images = [torch.rand(2, 3, 64, 64) for _ in range(2)]
+    >>> with torch.no_grad(), calibration_mode(model):
+    ...     _ = [model(x) for x in images]
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> path = export_qcdq(model.eval(), images[0][:1], folder / "qcdq.onnx")
+    >>> report = quantize_conv_outputs(path, [x.numpy() for x in images], folder / "int8.onnx")
+    >>> len(report.quantized), report.polyphase, sorted(set(report.skipped.values()))
+    (2, ['/2/ConvTranspose'], ['input is not quantized'])
+    >>> session, ops = int8_session(report.path)
+    >>> ops["QLinearConv"], ops["Conv"]  # only GDN's own 1x1 convolution stays float
+    (2, 1)
+    >>> got = session.run(None, {session.get_inputs()[0].name: images[0][:1].numpy()})[0]
+    >>> expected = model(images[0][:1]).detach().numpy()
+    >>> bool(abs(got - expected).max() < 0.02 * max(1.0, abs(expected).max()))
+    True
 """
 
 from __future__ import annotations

@@ -17,11 +17,29 @@ integer convolutions; :func:`export_onnxruntime` does all of it, verified (``dyn
 --format qcdq``).
 
 Example:
-    >>> dep = deployable(freeze(model, "max"), None)  # doctest: +SKIP
-    >>> path = export_qcdq(dep.deploy.g_a, torch.rand(1, 3, 512, 768), Path("g_a.qcdq.onnx"))  # doctest: +SKIP
-    >>> add_zero_point_shifts(path, "g_a", dep.shifts)  # doctest: +SKIP
+    A tiny per-tensor model's ``g_a``, exported, shifted and checked against PyTorch:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from compressai.models import ScaleHyperprior
+    >>> from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze
+    >>> _ = torch.manual_seed(0)
+    >>> config = DynaQuantConfig(candidate_bits=(8,), activation_per_channel=False)
+    >>> model = dynaquantize(ScaleHyperprior(8, 12), config)
+    >>> calibrate(model, [torch.rand(2, 3, 64, 64)])
+    >>> dep = deployable(freeze(model, "max"), None)
+    >>> x = torch.rand(1, 3, 64, 64)
+    >>> path = export_qcdq(dep.deploy.g_a, x, Path(tempfile.mkdtemp()) / "g_a.qcdq.onnx")
+    >>> add_zero_point_shifts(path, "g_a", dep.shifts)
     4
-    >>> session, ops = ort_session(path)  # doctest: +SKIP
+    >>> session, ops = ort_session(path)
+    >>> ops["QuantizeLinear"], ops["Conv"]  # 4 quantized inputs; 4 convolutions + GDN's three
+    (4, 7)
+    >>> got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    >>> expected = dep.reference.g_a(x).detach().numpy()
+    >>> bool(abs(got - expected).max() < 0.05 * abs(expected).max())
+    True
 """
 
 from __future__ import annotations
@@ -66,9 +84,16 @@ def qcdq_export_patches() -> Iterator[None]:
       nearest integer and clamped to the container first (the model's offsets are snapped the
       same way before export, see :func:`deployable`).
 
+    :func:`export_qcdq` applies them; see the module example.
+
     Example:
-        >>> with qcdq_export_patches():  # doctest: +SKIP
-        ...     export_onnx_qcdq(module, x, "g_a.onnx", dynamo=False, opset_version=13)
+        >>> from brevitas.export.common.handler import qcdq
+        >>> stock = qcdq.DQMixin.assert_ge_zero
+        >>> with qcdq_export_patches():
+        ...     qcdq.DQMixin.assert_ge_zero is stock
+        False
+        >>> qcdq.DQMixin.assert_ge_zero is stock
+        True
     """
     from brevitas.export.common.handler import qcdq
     from brevitas.export.common.handler.base import ZeroPointHandlerMixin
@@ -124,9 +149,19 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]],
     models and float ones are exported as they are.
 
     Example:
-        >>> dep = deployable(model, {"g_a.0": 8, "g_s.6": 10})  # doctest: +SKIP
-        >>> dep.notes["bits_capped_to_8"]  # doctest: +SKIP
-        {'g_s.6': 10}
+        A dynamic model (candidates 8 and 10) frozen at its largest widths:
+
+        >>> from compressai.models import ScaleHyperprior
+        >>> from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize
+        >>> _ = torch.manual_seed(0)
+        >>> config = DynaQuantConfig(candidate_bits=(8, 10), activation_per_channel=False)
+        >>> model = dynaquantize(ScaleHyperprior(8, 12), config)
+        >>> calibrate(model, [torch.rand(2, 3, 64, 64)])
+        >>> dep = deployable(model, None)
+        >>> dep.notes["bits_capped_to_8"]
+        {'g_a.2': 10, 'g_a.4': 10, 'g_a.6': 10, 'g_s.2': 10, 'g_s.4': 10, 'g_s.6': 10}
+        >>> dep.frozen.dynaquant_profile["g_a.2"], dep.notes["exported_bits"]["g_a.2"]
+        (10, 8)
     """
     notes: Dict[str, Any] = {
         "containers": "QuantizeLinear/DequantizeLinear in int8 (signed) or uint8 containers; widths below 8 "
@@ -177,9 +212,7 @@ def add_zero_point_shifts(path: Path, part: str, shifts: Mapping[str, np.ndarray
     """Insert ``Add(c)`` before and ``Add(-c)`` after each shifted activation quantizer of ``part``
     in an exported QCDQ graph (nodes found by Brevitas's names); returns how many were shifted.
 
-    Example:
-        >>> add_zero_point_shifts(Path("g_s.qcdq.onnx"), "g_s", dep.shifts)  # doctest: +SKIP
-        4
+    See the module example.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -222,9 +255,7 @@ def export_qcdq(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Export ``module`` (e.g. ``Deployable.deploy.g_a``) with Brevitas's ``export_onnx_qcdq``
     (opset 13, TorchScript exporter, :func:`qcdq_export_patches` applied) at ``example``'s shape.
 
-    Example:
-        >>> export_qcdq(dep.deploy.g_a, torch.rand(1, 3, 512, 768), Path("g_a.qcdq.onnx"))  # doctest: +SKIP
-        PosixPath('g_a.qcdq.onnx')
+    See the module example.
     """
     from brevitas.export import export_onnx_qcdq
 
@@ -238,8 +269,9 @@ def calibration_inputs(reference: nn.Module, part: str, images: Sequence[torch.T
     images themselves for ``g_a``, their rounded latents ``round(g_a(image))`` for ``g_s``.
 
     Example:
-        >>> [b.shape for b in calibration_inputs(dep.reference, "g_s", [torch.rand(1, 3, 64, 64)])]  # doctest: +SKIP
-        [(1, 192, 4, 4)]
+        >>> from compressai.models import ScaleHyperprior
+        >>> [b.shape for b in calibration_inputs(ScaleHyperprior(8, 12), "g_s", [torch.rand(1, 3, 64, 64)])]
+        [(1, 12, 4, 4)]
     """
     if part == "g_a":
         return [c.numpy() for c in images]
@@ -287,9 +319,21 @@ def export_onnxruntime(model: nn.Module, folder: PathLike, image: torch.Tensor, 
         VerificationError: a graph's error exceeds ``tolerance`` (the files stay for inspection).
 
     Example:
-        >>> report = export_onnxruntime(freeze(model, "max"), "export", torch.rand(1, 3, 512, 768))  # doctest: +SKIP
-        >>> report["g_a"]["qcdq"]["relative_error"] < 0.1  # doctest: +SKIP
+        The module example's steps in one call, with the s8s8 integer-kernel graph too:
+
+        >>> import tempfile
+        >>> from compressai.models import ScaleHyperprior
+        >>> from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze
+        >>> _ = torch.manual_seed(0)
+        >>> config = DynaQuantConfig(candidate_bits=(8,), activation_per_channel=False)
+        >>> model = dynaquantize(ScaleHyperprior(8, 12), config)
+        >>> calibrate(model, [torch.rand(2, 3, 64, 64)])
+        >>> report = export_onnxruntime(freeze(model, "max"), tempfile.mkdtemp(), torch.rand(1, 3, 64, 64),
+        ...                             parts=("g_a",), kernel="s8s8", calibration=[torch.rand(1, 3, 64, 64)])
+        >>> report["g_a"]["qcdq"]["relative_error"] < 0.1
         True
+        >>> report["g_a"]["int8_s8s8"]["int_kernels"]  # g_a's four convolutions as QLinearConv
+        4
     """
 
     if kernel and not calibration:
