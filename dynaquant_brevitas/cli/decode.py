@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, add_arch_argument
+from ._common import add_arch_argument
 
 HELP = "decompress a container file into an image (refuses damaged files and the wrong model)"
 
@@ -27,21 +27,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.checkpoint import state_dict_fingerprint
-    from ..io.container import ContainerError, unpack
-    from ..io.images import write_image
-    from ..evaluation import decode_image, load_for_eval
+    import time
 
-    try:
-        data = args.file.read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read {args.file}: {err.strerror or err}") from err
+    from ..evaluation import decode_image, load_for_eval
+    from ..io.checkpoint import state_dict_fingerprint
+    from ..io.container import ContainerError, read_container_file, unpack
+    from ..io.files import check_distinct
+    from ..io.images import write_image
+
+    check_distinct(args.output, args.file, args.checkpoint)
+    data = read_container_file(args.file)
     loaded = load_for_eval(args.checkpoint, args.arch)
+    start = time.perf_counter()
     try:
         box = unpack(data, expected_model_id=state_dict_fingerprint(loaded.model))
         x_hat = decode_image(loaded.model, box.strings, box.shape, box.size)
     except ContainerError as err:
         raise ContainerError(f"{args.file}: {err}") from err
     write_image(x_hat, args.output)  # only a fully decoded image is written
-    print(f"{args.output}: {box.size[1]}x{box.size[0]}")
+    height, width = box.size
+    print(f"{args.output}: {width}x{height} from {len(data)} bytes ({8 * len(data) / (height * width):.4f} bpp), "
+          f"{time.perf_counter() - start:.2f} s")
     return 0

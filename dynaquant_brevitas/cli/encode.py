@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_arch_argument, write_atomic
+from ._common import add_arch_argument
 
 HELP = "compress an image into a container file (real bitstreams, model id, CRC32)"
 
@@ -25,18 +25,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    from ..evaluation import encode_image, load_for_eval
     from ..io.checkpoint import state_dict_fingerprint
     from ..io.container import pack
+    from ..io.files import check_distinct, write_atomic
     from ..io.images import read_image
-    from ..evaluation import encode_image, load_for_eval
 
+    check_distinct(args.output, args.image, args.checkpoint)
     x = read_image(args.image)  # a bad image is refused before the model is loaded
     loaded = load_for_eval(args.checkpoint, args.arch)
+    start = time.perf_counter()
     coded = encode_image(loaded.model, x)
     blob = pack(state_dict_fingerprint(loaded.model), coded.size, coded.shape, coded.strings)
     write_atomic(args.output, blob)
-    h, w = coded.size
-    print(
-        f"{args.output}: {len(blob)} bytes ({8 * coded.num_bytes / (h * w):.4f} bpp of bitstreams, {w}x{h})"
-    )
+    height, width = coded.size
+    print(f"{args.output}: {len(blob)} bytes ({8 * len(blob) / (height * width):.4f} bpp), {width}x{height}, "
+          f"{time.perf_counter() - start:.2f} s")
     return 0

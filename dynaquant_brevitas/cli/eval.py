@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ._common import add_arch_argument
+from ._common import add_arch_argument, device_name, positive_int
 
 HELP = "evaluate checkpoints on an image folder with real bitstreams (CompressAI JSON)"
 
@@ -39,8 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--per-image", action="store_true", help="also record every image (and per-layer bits)")
     p.add_argument("--name", help="curve name in the JSON (default: first checkpoint's file name)")
     p.add_argument("--description", default="", help="free-text description in the JSON")
-    p.add_argument("--device", default="cpu", help="device for the networks (entropy coding runs on CPU)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", type=device_name,
+                   help="cpu, cuda or cuda:N: device for the networks (entropy coding runs on CPU)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     return p
 
 
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation import evaluate
+    from ..io.files import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         arch=args.arch,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     res = result["results"]
     for i, spec in enumerate(args.checkpoint):
         avg_bits = (res.get("avg_bits") or [None] * len(args.checkpoint))[i]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
 from ..export.ort_int8 import KERNELS
-from ._common import UsageError
+from ._common import UsageError, finite_float
 
 HELP = ("freeze a bit profile and export the transforms to QONNX (--finn runs FINN's flow) or to QCDQ "
         "for onnxruntime, verified")
@@ -30,19 +33,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--profile", default="max",
                    help="max, min, mode (with --images), a JSON file, or NAME=BITS,... (default: max)")
     p.add_argument("--images", type=Path, help="directory of images for --profile mode")
-    p.add_argument("--part", nargs="+", default=["g_a", "g_s"], help="transforms to export (default: g_a g_s)")
+    p.add_argument("--part", nargs="+", default=["g_a", "g_s"], choices=("g_a", "g_s"),
+                   help="transforms to export (default: g_a g_s)")
     p.add_argument("--size", default="768x512", type=_size, help="image WIDTHxHEIGHT (default: 768x512)")
     p.add_argument("--verify-size", default="48x32", type=_size,
                    help="image size FINN's Python execution is verified at (default: 48x32)")
-    p.add_argument("--snap", type=float, default=1e-3,
+    p.add_argument("--snap", type=finite_float, default=1e-3,
                    help="zero points this close to the integer grid are put on it (0: exact; default 1e-3)")
     p.add_argument("--border", choices=("map", "bias"), default="map",
                    help="zero-point correction: exact output-sized maps (default) or channel biases, exact "
                         "inside convolutions and off at borders (verified against --tolerance)")
-    p.add_argument("--tolerance", type=float, default=1.0, help="allowed error in output steps (default 1)")
+    p.add_argument("--tolerance", type=finite_float, default=1.0, help="allowed error in output steps (default 1)")
     p.add_argument("--finn", action="store_true", help="also run FINN's front end and write its estimates")
-    p.add_argument("--clock-ns", type=float, default=5.0, help="clock period for the FPS estimate (default 5)")
-    p.add_argument("--target-fps", type=float, help="SetFolding target (default: fully serial layers)")
+    p.add_argument("--clock-ns", type=finite_float, default=5.0, help="clock period for the FPS estimate (default 5)")
+    p.add_argument("--target-fps", type=finite_float, help="SetFolding target (default: fully serial layers)")
     p.add_argument("--mvau-wwidth-max", type=int, default=36,
                    help="SetFolding's cap on SIMD x weight bits (FINN's default: 36)")
     p.add_argument("--format", choices=("qonnx", "qcdq"), default="qonnx",
@@ -54,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--calibration", type=Path, metavar="DIR",
                    help="images whose crops (at most --size) calibrate the convolution output ranges of "
                         "--int8-kernels (required with it)")
-    p.add_argument("--ort-tolerance", type=float, default=0.1,
+    p.add_argument("--ort-tolerance", type=finite_float, default=0.1,
                    help="qcdq: allowed max abs error of onnxruntime against PyTorch, as a fraction of the "
                         "largest output magnitude (default 0.1)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output directory")
@@ -66,8 +70,8 @@ def _size(text: str) -> Tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if width % 16 or height % 16:
-        raise argparse.ArgumentTypeError(f"{text}: width and height must be multiples of 16")
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise argparse.ArgumentTypeError(f"{text}: width and height must be positive multiples of 16")
     return width, height
 
 
@@ -82,11 +86,19 @@ def parse_profile(text: str) -> Union[str, Dict[str, int]]:
         return text
     if "=" in text:
         pairs = [item.split("=") for item in text.split(",") if item.strip()]
+        if any(len(pair) != 2 or not pair[1].strip().isdigit() for pair in pairs):
+            raise UsageError(f"--profile {text!r}: expected NAME=BITS pairs separated by commas")
         return {name.strip(): int(bits) for name, bits in pairs}
     path = Path(text)
     if not path.is_file():
-        raise ValueError(f"--profile {text!r}: not max/min/mode, NAME=BITS pairs, or an existing JSON file")
-    return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        raise UsageError(f"--profile {text!r}: not max/min/mode, NAME=BITS pairs, or an existing JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--profile {path}: cannot read a JSON file: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+        raise UsageError(f"--profile {path}: expected a JSON object of layer name -> integer bits")
+    return {str(k): v for k, v in data.items()}
 
 
 def _images(directory: Path) -> List[Any]:
@@ -101,21 +113,42 @@ def run(args: argparse.Namespace) -> int:
 
     _check_options(args)
     model = load_model(args.checkpoint)
-    if not hasattr(model, "dynaquant"):
-        raise ValueError(f"{args.checkpoint} holds a float model: dynaquantize and calibrate it first")
+    if not hasattr(model, "dynaquant") and not hasattr(model, "dynaquant_profile"):
+        raise UsageError(
+            f"{args.checkpoint} holds a float model; quantize it first, e.g. "
+            f"dynaquant quantize --checkpoint {args.checkpoint} --images DIR -o quantized.pt"
+        )
     profile = parse_profile(args.profile)
-    images = _images(args.images) if profile == "mode" and args.images else None
-    frozen = freeze(model, profile, images)
+    if profile == "mode" and args.images is None:
+        raise UsageError("--profile mode needs --images DIR (the images whose most frequent choices are kept)")
+    images = _images(args.images) if profile == "mode" else None
+    frozen = freeze(model, profile, images) if hasattr(model, "dynaquant") else model
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "profile.json").write_text(json.dumps(frozen.dynaquant_profile, indent=2))
-    print(f"profile: {frozen.dynaquant_profile}")
-    report: Dict[str, Any] = {"profile": frozen.dynaquant_profile}
-    if args.format == "qcdq":
-        report.update(_qcdq_parts(frozen, args))
-    else:
-        _qonnx_parts(frozen, args, report)
-    (args.output / "export.json").write_text(json.dumps(report, indent=2))
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=args.output))
+    try:  # everything is written to a staging folder first: a failed export leaves no file behind
+        final, args.output = args.output, staging
+        print(f"profile: {frozen.dynaquant_profile}")
+        report: Dict[str, Any] = {"profile": frozen.dynaquant_profile}
+        if args.format == "qcdq":
+            report.update(_qcdq_parts(frozen, args))
+        else:
+            _qonnx_parts(frozen, args, report)
+        args.output = final
+        _publish(staging, final, report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return 0
+
+
+def _publish(staging: Path, final: Path, report: Dict[str, Any]) -> None:
+    """Move the staged files into ``final``, ``export.json`` (the record of success) last."""
+    from ..io.files import write_json
+
+    text = json.dumps(report).replace(str(staging), str(final))
+    write_json(staging / "profile.json", report["profile"])
+    for path in sorted(staging.iterdir()):
+        os.replace(path, final / path.name)
+    write_json(final / "export.json", json.loads(text))
 
 
 def _check_options(args: argparse.Namespace) -> None:

@@ -92,17 +92,20 @@ def bd_rate_line(anchor: dict, result: dict, metric: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.metrics import load_results
-    from ..evaluation.plot import plot_bit_heatmap, plot_rd
+    from ..evaluation.plot import bit_matrix, plot_bit_heatmap, plot_rd
 
     results = [load_results(p) for p in args.results]
     references = [_load_reference(r, args.reference_dir) for r in args.reference]
+    anchor = _load_reference(args.anchor, args.reference_dir) if args.anchor else None
+    if args.bits:  # every input checked before the first figure is written: no partial output
+        for res in results:
+            bit_matrix(res)
     written = plot_rd(results, f"{args.output}-rd", args.metric, references, args.title)
     if args.bits:
         for i, res in enumerate(results):
             suffix = "" if len(results) == 1 else f"-{i}"
             written += plot_bit_heatmap(res, f"{args.output}-bits{suffix}")
-    if args.anchor:
-        anchor = _load_reference(args.anchor, args.reference_dir)
+    if anchor is not None:
         for res in results + [r for r in references if r.get("name") != anchor.get("name")]:
             print(bd_rate_line(anchor, res, args.metric))
     for path in written:

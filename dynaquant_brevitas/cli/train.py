@@ -37,9 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="CHECKPOINT",
         help="continue from <train.output>/last.pt, or from CHECKPOINT (writing to train.output)",
     )
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in a train.output that already holds a run (its checkpoints are replaced)")
     p.add_argument("--arch", help="CompressAI architecture name (= --set model.arch=...)")
     p.add_argument("--data", help="training image folder (= --set data.root=...)")
     p.add_argument("--steps", type=int, help="total optimisation steps (= --set train.steps=...)")
+    p.add_argument("--batch-size", type=int, help="images per batch and process (= --set data.batch_size=...)")
     p.add_argument("--lr", type=float, help="main learning rate (= --set train.lr=...)")
     p.add_argument("--lmbda", type=float, help="rate-distortion trade-off (= --set train.lmbda=...)")
     p.add_argument("--output", help="run directory for checkpoints and logs (= --set train.output=...)")
@@ -48,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--target-bits",
         type=float,
-        help="steer gamma to this average bit width (= --set quant.config.target_bits=...)",
+        help="steer gamma to this average bit width (= --set quant.target_bits=...); needs quant.config, "
+        "i.e. quantization-aware training: with a float config it is refused",
     )
     p.add_argument(
         "--stop-at",
@@ -70,12 +74,13 @@ FLAG_KEYS = {
     "arch": "model.arch",
     "data": "data.root",
     "steps": "train.steps",
+    "batch_size": "data.batch_size",
     "lr": "train.lr",
     "lmbda": "train.lmbda",
     "output": "train.output",
     "device": "train.device",
     "init_from": "train.init_from",
-    "target_bits": "quant.config.target_bits",
+    "target_bits": "quant.target_bits",
 }
 
 
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         flags.append("train.progress=false")
     cfg = TrainConfig.from_dict(apply_overrides(load_config(args), flags))
     time_limit_s = args.time_limit * 60 if args.time_limit else None
-    summary = train(cfg, resume=args.resume, stop_at=args.stop_at, time_limit_s=time_limit_s)
+    summary = train(cfg, resume=args.resume, stop_at=args.stop_at, time_limit_s=time_limit_s, overwrite=args.overwrite)
     if summary.get("main", True):
         print(json.dumps(summary, indent=2))
     return 0

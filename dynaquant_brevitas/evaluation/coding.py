@@ -11,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,22 +94,26 @@ def decode_image(
 ) -> torch.Tensor:
     """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1].
 
-    Raises :class:`~dynaquant_brevitas.container.ContainerError` when the strings, latent shape
-    and size cannot come from this model (checked before and after decoding).
+    Raises :class:`~dynaquant_brevitas.io.container.ContainerError` when the strings, latent shape
+    and size cannot come from this model (checked before and after decoding), or when decoding
+    that size would need more memory than the machine has (checked before allocating).
     """
     padded = _padded_size(size)
     check_coded(strings, shape, padded)
+    check_plausible(model, strings, padded)
     tail = bytes(_rans_tail(strings, padded))
     try:
         out = model.decompress([[bytes(s) + tail for s in g] for g in strings], torch.Size(shape))
     except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError) as err:
         raise ContainerError(f"the bitstreams do not fit this model: {type(err).__name__}: {err}") from err
     x_hat = out["x_hat"]
-    if tuple(x_hat.shape[-2:]) != padded or not bool(torch.isfinite(x_hat).all()):
+    if tuple(x_hat.shape[-2:]) != padded:
         raise ContainerError(
             f"the bitstreams do not fit this model: latent shape {list(shape)} decodes to "
             f"{tuple(x_hat.shape[-2:])}, the image needs {padded}"
         )
+    if not bool(torch.isfinite(x_hat).all()):
+        raise ContainerError("the bitstreams do not fit this model: they decode to NaN or infinite pixels")
     _, unpad = compute_padding(size[0], size[1], min_div=PAD_MULTIPLE)
     return F.pad(x_hat, unpad).clamp(0, 1)
 
@@ -135,6 +140,96 @@ def check_coded(strings: Sequence[Sequence[bytes]], shape: Sequence[int], padded
     ratio = ratios.pop() if len(ratios) == 1 else 0.0
     if not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
         raise ContainerError(f"latent shape {list(shape)} does not fit an image padded to {padded}")
+
+
+def check_plausible(model: nn.Module, strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> None:
+    """Raise :class:`ContainerError` if the strings are too short for an image of ``padded`` size,
+    or decoding it would need more memory than is available; nothing large is allocated.
+
+    The shortest strings a real image can code to: every entropy bottleneck (whose distributions do
+    not depend on the image) spends at least ``-log2`` of its most likely symbol's probability on
+    each of its symbols, so a crafted header claiming a large image over a few bytes is refused.
+    """
+    probe = _probe(model)
+    scale = padded[0] * padded[1] / PROBE_PIXELS
+    min_bytes = int(scale * probe.bottleneck_bits / 8) - 16 * sum(len(g) for g in strings)
+    have = sum(len(s) for g in strings for s in g)
+    if have < min_bytes:
+        raise ContainerError(
+            f"implausible file: a {padded[1]}x{padded[0]} image codes to at least {min_bytes} bytes of "
+            f"bitstreams with this model, the file holds {have}"
+        )
+    need, available = int(scale * probe.peak_bytes * DECODE_MEMORY_FACTOR), _available_memory()
+    if available is not None and need > available:
+        raise ContainerError(
+            f"decoding a {padded[1]}x{padded[0]} image needs about {need / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB are available"
+        )
+
+
+#: size of the probe image (side) and its pixels
+PROBE_SIDE = 64
+PROBE_PIXELS = PROBE_SIDE * PROBE_SIDE
+#: a decode's peak memory over the largest activation (input plus output of one module) of the
+#: probe forward, scaled by area: 1.5 leaves room for the tensors kept alive beside it (measured:
+#: ScaleHyperprior(64, 96) decodes 4096x4096 with 0.8 GB, the estimate says 3 GB)
+DECODE_MEMORY_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class _Probe:
+    bottleneck_bits: float  # least bits the entropy bottlenecks spend on a PROBE_SIDE image
+    peak_bytes: int  # largest activation (plus input) of any module on a PROBE_SIDE image
+
+
+def _probe(model: nn.Module) -> _Probe:
+    """One no-grad forward of a ``PROBE_SIDE`` gray image: the entropy bottlenecks' symbol counts
+    and the largest activation, from which both bounds scale with the image area."""
+    from compressai.entropy_models import EntropyBottleneck
+
+    symbols: dict[int, int] = {}
+    peak = [0]
+
+    def size_of(module: nn.Module, inputs: tuple, output: Any) -> None:
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        peak[0] = max(peak[0], sum(t.numel() * t.element_size() for t in tensors))
+        if isinstance(module, EntropyBottleneck) and tensors:
+            symbols[id(module)] = tensors[0][0, 0].numel()  # per channel
+
+    handles = [m.register_forward_hook(size_of) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            first = next(model.parameters())
+            model(torch.full((1, 3, PROBE_SIDE, PROBE_SIDE), 0.5, dtype=first.dtype, device=first.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    bits = sum(symbols.get(id(m), 0) * _min_bits_per_channel(m) for m in model.modules() if isinstance(m, EntropyBottleneck))
+    return _Probe(bits, peak[0])
+
+
+def _min_bits_per_channel(bottleneck: nn.Module) -> float:
+    """Sum over channels of ``-log2`` of the most likely symbol's probability (16-bit CDFs)."""
+    cdf, lengths = bottleneck._quantized_cdf, bottleneck._cdf_length
+    if cdf.numel() == 0:
+        return 0.0
+    total = 0.0
+    for row, length in zip(cdf, lengths.tolist()):
+        largest = int(torch.diff(row[:length]).max()) if length > 1 else 1 << 16
+        total += -math.log2(max(1, largest) / (1 << 16))
+    return total
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available (Linux ``MemAvailable``), or ``None`` where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _rans_tail(strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> int:

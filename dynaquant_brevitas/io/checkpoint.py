@@ -148,8 +148,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with a one-line :class:`CheckpointError` for unusable files."""
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
     try:
@@ -169,7 +173,7 @@ def _torch_load(path: Path) -> Any:
 
 
 def _unpickling_message(path: Path, err: BaseException) -> str:
-    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    unsupported = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
     if not unsupported:
         return f"{path} is not a PyTorch checkpoint (not written by torch.save)"
     return (

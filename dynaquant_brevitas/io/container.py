@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -34,6 +36,8 @@ MODEL_ID_BYTES = 16
 #: Largest image a container may describe (height x width), so that a damaged or crafted header
 #: cannot make the decoder allocate without bound; 2**28 pixels is e.g. 16384 x 16384.
 MAX_PIXELS = 1 << 28
+#: Largest container file read: far more than any image within MAX_PIXELS codes to.
+MAX_FILE_BYTES = 1 << 30
 _HEAD = struct.Struct(">4sB16sIIB")
 _U8, _U16, _U32 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I")
 
@@ -86,6 +90,24 @@ class _Reader:
 
     def read(self, fmt: struct.Struct) -> int:
         return fmt.unpack(self.take(fmt.size))[0]
+
+
+def read_container_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a container file; refuses devices, FIFOs and folders (``/dev/zero`` is not
+    read) and files over :data:`MAX_FILE_BYTES`, before reading."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise ContainerError(f"cannot read {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ContainerError(f"{path} is not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ContainerError(f"{path} has {info.st_size} bytes, more than a container holds ({MAX_FILE_BYTES})")
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ContainerError(f"{path} grew past {MAX_FILE_BYTES} bytes while being read")
+    return data
 
 
 def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:

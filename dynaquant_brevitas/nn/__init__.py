@@ -6,6 +6,7 @@ from .layers import (
     DynaQuantLayer,
     DynaQuantLinear,
     DynaQuantMaskedConv2d,
+    DynaQuantMultiheadAttention,
     quantizer_kwargs,
 )
 from .selector import BitSelector, Selection
@@ -17,6 +18,7 @@ __all__ = [
     "DynaQuantLayer",
     "DynaQuantLinear",
     "DynaQuantMaskedConv2d",
+    "DynaQuantMultiheadAttention",
     "Selection",
     "quantizer_kwargs",
 ]

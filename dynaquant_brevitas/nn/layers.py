@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, Optional, Type
 
 import torch
 import torch.nn.functional as F
-from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantLinear
+from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantLinear, QuantMultiheadAttention
 from compressai.layers import MaskedConv2d
 from torch import Tensor, nn
 
@@ -37,7 +37,9 @@ __all__ = [
     "DynaQuantConvTranspose2d",
     "DynaQuantLinear",
     "DynaQuantMaskedConv2d",
+    "DynaQuantMultiheadAttention",
     "quantizer_kwargs",
+    "rows_per_image",
 ]
 
 
@@ -135,16 +137,41 @@ class DynaQuantLayer:
     def inner_forward_impl(self, x: Tensor, quant_weight: Tensor, quant_bias: Optional[Tensor]):
         x, weight, bias = _plain(x), _plain(quant_weight), _plain(quant_bias)
         if weight.dim() == self.weight.dim() + 1:
-            if weight.shape[0] != x.shape[0]:
-                raise RuntimeError(
-                    f"{type(self).__name__}: bit choice is for {weight.shape[0]} samples but the "
-                    f"input has {x.shape[0]}; the bit-width selector did not run for this batch"
-                )
+            rows_per_image(x.shape[0], weight.shape[0], self)
             return self.per_sample_forward(x, weight, bias)
         return super().inner_forward_impl(x, weight, bias)
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``x`` (``N k`` rows: ``k`` per image, image-major) through ``weight`` (``N`` per-image weights)."""
         raise NotImplementedError
+
+
+def rows_per_image(rows: int, images: int, layer: nn.Module) -> int:
+    """How many input rows each image's bit choice covers: 1 for image batches, more for layers that
+    see several rows per image (windows of an attention block, image-major).
+
+    Raises:
+        RuntimeError: naming the layer, when the rows are not a multiple of the images.
+    """
+    if images <= 0 or rows % images:
+        name = getattr(layer, "dynaquant_name", type(layer).__name__)
+        raise RuntimeError(
+            f"{name}: its input has {rows} rows, not a multiple of the {images} images whose bit widths "
+            "were chosen; leave it in float with DynaQuantConfig(float_modules=[...]) naming it"
+        )
+    return rows // images
+
+
+def _grouped(x: Tensor, images: int) -> Tensor:
+    """``(N k, C, ...)`` -> ``(k, N C, ...)``: each image's rows side by side as channel groups."""
+    k = x.shape[0] // images
+    return x.reshape(images, k, *x.shape[1:]).transpose(0, 1).reshape(k, -1, *x.shape[2:])
+
+
+def _ungrouped(out: Tensor, images: int) -> Tensor:
+    """The inverse of :func:`_grouped` for the output: ``(k, N O, ...)`` -> ``(N k, O, ...)``."""
+    k = out.shape[0]
+    return out.reshape(k, images, -1, *out.shape[2:]).transpose(0, 1).reshape(k * images, -1, *out.shape[2:])
 
 
 _CONV_ARGUMENTS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
@@ -172,21 +199,15 @@ class DynaQuantConv2d(DynaQuantLayer, QuantConv2d):
         return _constructor_arguments(m, _CONV_ARGUMENTS + ("padding_mode",))
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        n = x.shape[0]
+        n = weight.shape[0]
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         out = F.conv2d(
-            x.reshape(1, -1, *x.shape[2:]),
-            weight.reshape(-1, *weight.shape[2:]),
-            None,
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups * n,
+            _grouped(x, n), weight.reshape(-1, *weight.shape[2:]), None, self.stride, padding, self.dilation, self.groups * n
         )
-        return _add_channel_bias(out.reshape(n, -1, *out.shape[2:]), bias)
+        return _add_channel_bias(_ungrouped(out, n), bias)
 
 
 @register_handler(MaskedConv2d)
@@ -229,20 +250,14 @@ class DynaQuantConvTranspose2d(DynaQuantLayer, QuantConvTranspose2d):
         return _constructor_arguments(m, _CONV_ARGUMENTS + ("output_padding",))
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        n = x.shape[0]
+        n = weight.shape[0]
         output_padding = self.compute_output_padding(x, self._output_size)
         self._output_size = None
         out = F.conv_transpose2d(
-            x.reshape(1, -1, *x.shape[2:]),
-            weight.reshape(-1, *weight.shape[2:]),
-            None,
-            self.stride,
-            self.padding,
-            output_padding,
-            self.groups * n,
-            self.dilation,
+            _grouped(x, n), weight.reshape(-1, *weight.shape[2:]), None, self.stride, self.padding, output_padding,
+            self.groups * n, self.dilation,
         )
-        return _add_channel_bias(out.reshape(n, -1, *out.shape[2:]), bias)
+        return _add_channel_bias(_ungrouped(out, n), bias)
 
 
 @register_handler(nn.Linear)
@@ -256,5 +271,57 @@ class DynaQuantLinear(DynaQuantLayer, QuantLinear):
         return dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
 
     def per_sample_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        out = torch.einsum("n...i,noi->n...o", x, weight)
+        n = weight.shape[0]
+        out = torch.einsum("nri,noi->nro", x.reshape(n, -1, x.shape[-1]), weight).reshape(*x.shape[:-1], -1)
         return out if bias is None else out + bias
+
+
+@register_handler(nn.MultiheadAttention)
+class DynaQuantMultiheadAttention(QuantMultiheadAttention):
+    """``nn.MultiheadAttention`` as Brevitas's ``QuantMultiheadAttention``: the input and output
+    projections (weights and their inputs) quantized with DynaQuant's quantizers at one bit width;
+    the attention scores and softmax stay float. Its bit width does not change per image, so
+    ``dynaquantize`` keeps it at ``fixed_bits``.
+
+    Example:
+        >>> attn = DynaQuantMultiheadAttention.from_float(nn.MultiheadAttention(16, 2, batch_first=True), bits=8)
+        >>> x = torch.randn(2, 5, 16)
+        >>> _ = attn.train()(x, x, x)  # the first batches calibrate the input ranges
+        >>> attn.eval()(x, x, x)[0].shape
+        torch.Size([2, 5, 16])
+    """
+
+    dynamic_bits = False
+
+    @classmethod
+    def from_float(cls, module: nn.MultiheadAttention, bits: int = 8, **options: Any) -> "DynaQuantMultiheadAttention":
+        if module.kdim != module.embed_dim or module.vdim != module.embed_dim or module.bias_k is not None:
+            raise ValueError("MultiheadAttention with kdim/vdim other than embed_dim or add_bias_kv is not supported")
+        quant = quantizer_kwargs(bits, **options)
+        kwargs: Dict[str, Any] = {}
+        for proj in ("in_proj", "out_proj"):
+            kwargs.update({f"{proj}_{k}": v for k, v in quant.items() if k.startswith(("weight_", "input_"))})
+            kwargs[f"{proj}_bias_quant"] = None
+        for internal in ("softmax_input_quant", "attn_output_weights_quant", "q_scaled_quant", "k_transposed_quant", "v_quant"):
+            kwargs[internal] = None
+        layer = cls(
+            module.embed_dim, module.num_heads, dropout=module.dropout, bias=module.in_proj_bias is not None,
+            add_zero_attn=module.add_zero_attn, batch_first=module.batch_first, return_quant_tensor=False, **kwargs,
+        )
+        layer.to(device=module.out_proj.weight.device, dtype=module.out_proj.weight.dtype)
+        layer.load_state_dict(module.state_dict(), strict=False)  # Brevitas maps in_proj_weight -> in_proj.weight
+        for proj in (layer.in_proj, layer.out_proj):
+            proj.weight_quant.init_tensor_quant()
+        layer.train(module.training)
+        return layer
+
+    def tensor_quants(self) -> Iterator[ContentAwareIntQuant]:
+        return (m for m in self.modules() if isinstance(m, ContentAwareIntQuant))
+
+    @property
+    def bit_width(self) -> int:
+        return int(next(self.tensor_quants()).static_bit_width)
+
+    def set_bit_width(self, bits: int) -> None:
+        for q in self.tensor_quants():
+            q.set_bit_width(bits)

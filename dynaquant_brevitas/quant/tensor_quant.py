@@ -120,6 +120,23 @@ class BitChoice:
         table = torch.tensor(self.candidates, device=self.weights.device, dtype=torch.float32)
         return table[self.index]
 
+    def for_rows(self, rows: int) -> "BitChoice":
+        """The choice for an input of ``rows`` rows, image-major (e.g. an attention block's windows):
+        each image's weights repeated for its rows (their gradients add up in backward).
+
+        Raises:
+            RuntimeError: if ``rows`` is not a multiple of the number of images.
+        """
+        images = self.weights.shape[0]
+        if rows == images:
+            return self
+        if images <= 0 or rows % images:
+            raise RuntimeError(
+                f"an input of {rows} rows is not a multiple of the {images} images whose bit widths were "
+                "chosen; leave the layer in float with DynaQuantConfig(float_modules=[...]) naming it"
+            )
+        return BitChoice(self.candidates, self.weights.repeat_interleave(rows // images, dim=0))
+
     def uniform_bits(self) -> Optional[int]:
         """The common bit width when every sample uses the same one and no gradient is needed."""
         if self.weights.requires_grad and torch.is_grad_enabled():
@@ -414,7 +431,7 @@ class ContentAwareIntQuant(nn.Module):
         bits = choice.uniform_bits()
         if bits is not None:
             return self._quantize(x, bits)
-        return self._quantize_per_sample(x, choice)
+        return self._quantize_per_sample(x, choice if self.is_weight else choice.for_rows(x.shape[0]))
 
     def _auto_calibrating(self) -> bool:
         if self.is_weight:

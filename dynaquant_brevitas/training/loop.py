@@ -88,26 +88,33 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     state.aux_optimizer.zero_grad(set_to_none=True)
     out = model(x)
     terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma)
-    if not bool(torch.isfinite(terms["loss"])):
-        raise TrainingDiverged(
-            f"training diverged at step {state.step + 1}: the loss is {float(terms['loss'])} "
-            f"(bpp {float(terms['bpp'])}, mse {float(terms['mse'])}); the weights were not updated and "
-            f"{checkpoint_path(cfg)} keeps the last good state; lower train.lr or check the data"
-        )
+    _check_finite(state, cfg, {k: v for k, v in terms.items() if k in ("loss", "bpp", "mse")})
     terms["loss"].backward()
     if cfg.train.clip_max_norm > 0:
         torch.nn.utils.clip_grad_norm_(state.optimizer.param_groups[0]["params"], cfg.train.clip_max_norm)
     state.optimizer.step()
     aux = unwrap(model).aux_loss()
+    _check_finite(state, cfg, {"aux": aux})
     aux.backward()
     state.aux_optimizer.step()
     state.scheduler.step()
+    _check_finite(state, cfg, {name: p for name, p in model.named_parameters()})
     logs = {k: float(v.detach()) for k, v in terms.items()}
     logs["aux"] = float(aux.detach())
     logs["psnr"] = -10 * math.log10(max(logs["mse"], 1e-12))
     if "bits" in terms:
         logs["avg_bits"] = float(out["bits"]["bits"].float().mean())
     return logs
+
+
+def _check_finite(state: TrainState, cfg: TrainConfig, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`TrainingDiverged` naming the first non-finite value (nothing is saved after it)."""
+    for name, value in tensors.items():
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise TrainingDiverged(
+                f"training diverged at step {state.step + 1}: {name} is not finite; {checkpoint_path(cfg)} "
+                "keeps the last good state (it is not overwritten); lower train.lr or check the data"
+            )
 
 
 def train(

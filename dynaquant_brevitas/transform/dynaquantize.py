@@ -2,7 +2,8 @@
 
 The model keeps its class and its API: ``forward`` still returns ``x_hat`` and ``likelihoods``
 (plus ``bits``, the selection the bit loss needs), and ``update``, ``compress`` and
-``decompress`` work on real bitstreams. The encoder-side selector sees only encoder features and
+``decompress`` work on real bitstreams; ``compress`` and ``decompress`` always run in eval mode
+(deterministic choices, no statistics gathered), whatever mode the model is in. The encoder-side selector sees only encoder features and
 the decoder-side selector only decoder features, so no bit widths are transmitted.
 
 Example:
@@ -18,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -68,7 +70,6 @@ class DynaQuantState(nn.Module):
                     )
         self.layers: Dict[str, List[DynaQuantLayer]] = {ENCODER: [], DECODER: []}
         self.last: Dict[str, Selection] = {}
-        self.in_forward = False
 
     def set_temperature(self, tau: float) -> None:
         """Gumbel-softmax temperature used in training from now on."""
@@ -76,18 +77,8 @@ class DynaQuantState(nn.Module):
             selector.temperature.fill_(float(tau))
 
     def select(self, side: str, features: Tensor) -> None:
-        """Run ``side``'s selector on ``features`` and hand each layer its choice.
-
-        Outside the model's ``forward`` (``compress``, ``decompress``, a transform called on its
-        own) the choice is the deterministic one whatever the mode, so that encoder and decoder agree.
-        """
-        selector = self.selectors[side]
-        sampling = selector.training and self.in_forward
-        selector.train(sampling)
-        try:
-            selection = selector(features)
-        finally:
-            selector.train(self.training)
+        """Run ``side``'s selector on ``features`` and hand each layer its choice."""
+        selection = self.selectors[side](features)
         for i, layer in enumerate(self.layers[side]):
             layer.set_bit_choice(BitChoice(selection.candidates, selection.weights[:, i]))
         self.last[side] = selection
@@ -104,10 +95,8 @@ class DynaQuantState(nn.Module):
 
     def _clear_hook(self, module: nn.Module, inputs) -> None:
         self.reset()
-        self.in_forward = True
 
     def _attach_bits_hook(self, module: nn.Module, inputs, output):
-        self.in_forward = False
         if isinstance(output, dict) and self.last:
             output["bits"] = self.bits_record()
         return output
@@ -158,6 +147,7 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
         float_module = modules[name]
         bits = config.fixed_bits if name in plan.fixed else top
         swapped[name] = handler_for(float_module).from_float(float_module, bits, **options)
+        swapped[name].dynaquant_name = name  # for error messages
         _replace_module(model, name, swapped[name])
     state = DynaQuantState(config, plan)
     model.dynaquant = state
@@ -171,7 +161,31 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
             modules[plan.taps[DECODER]].register_forward_hook(state._decoder_hook)
         model.register_forward_pre_hook(state._clear_hook)
         model.register_forward_hook(state._attach_bits_hook)
+    for name, method in (("compress", _compress_in_eval_mode), ("decompress", _decompress_in_eval_mode)):
+        if callable(getattr(type(model), name, None)):
+            setattr(model, name, MethodType(method, model))
     return model
+
+
+def _compress_in_eval_mode(model: nn.Module, *args, **kwargs):
+    return _coding(model, "compress", args, kwargs)
+
+
+def _decompress_in_eval_mode(model: nn.Module, *args, **kwargs):
+    return _coding(model, "decompress", args, kwargs)
+
+
+def _coding(model: nn.Module, method: str, args: tuple, kwargs: dict):
+    """The model's own ``compress``/``decompress`` with every module in eval mode (restored after):
+    deterministic bit choices (no Gumbel noise, no dropout) and no activation statistics gathered
+    while coding, whatever mode the caller left the model in, so encoder and decoder agree."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        return getattr(type(model), method)(model, *args, **kwargs)
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def dynaquant_layers(model: nn.Module) -> Iterator[Tuple[str, DynaQuantLayer]]:

@@ -5,8 +5,9 @@
   after their *tap*: the first module of the transform that runs. A selector picks their bit
   width per image from the tap's output.
 * **fixed** - the same layer types everywhere else: the taps, the hyper transforms,
-  entropy-parameter and channel-context networks, and layers of a transform that did not run in
-  the probe. They run at ``config.fixed_bits``.
+  entropy-parameter and channel-context networks, layers of a transform that did not run in the
+  probe, and layers whose handler has no per-image widths (``dynamic_bits = False``, e.g.
+  multi-head attention). They run at ``config.fixed_bits``.
 * **float** - GDN/IGDN, the entropy models, normalisations and PReLU, the autoregressive context
   models (the ``autoregressive-context`` adapter) and ``config.float_modules``.
 * anything else with parameters is **unsupported**: an error naming it, or a warning with
@@ -109,6 +110,8 @@ def plan_quantization(model: nn.Module, config: Optional[DynaQuantConfig] = None
     plan.adapter, adapter = adapter_for(model)
     float_patterns = list(config.float_modules) + list(adapter.float_modules(model, config))
     quantizable = _classify(model, config, plan, float_patterns)
+    modules = dict(model.named_modules())
+    per_image = [name for name in quantizable if getattr(handler_for(modules[name]), "dynamic_bits", True)]
     order = _probe(model, config)
     fixed_patterns = list(adapter.fixed_modules(model, config))
     given = adapter.taps(model, config)
@@ -120,7 +123,7 @@ def plan_quantization(model: nn.Module, config: Optional[DynaQuantConfig] = None
         tap = plan.taps[side]
         members = [
             name
-            for name in order.first_run(quantizable)
+            for name in order.first_run(per_image)
             if name.startswith(attr + ".") and not _inside(name, tap) and not _matches(name, fixed_patterns)
         ]
         _check_after_tap(members, tap, order.events, side)
