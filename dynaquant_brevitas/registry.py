@@ -33,24 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BUILTIN",
-    "ENTRY_POINT_GROUP",
-    "KINDS",
-    "PluginError",
-    "Registration",
-    "handler_for",
-    "hookimpl",
-    "hookspec",
-    "load_plugins",
-    "lookup",
-    "register",
-    "register_adapter",
-    "register_estimator",
-    "register_handler",
-    "register_plugin",
-    "register_selector",
-    "registrations",
-    "unregister",
+    "BUILTIN", "ENTRY_POINT_GROUP", "KINDS", "PluginError", "Registration", "handler_for", "hookimpl",
+    "hookspec", "load_plugins", "lookup", "register", "register_adapter", "register_estimator",
+    "register_handler", "register_plugin", "register_selector", "registrations", "unregister"
 ]
 
 PROJECT = ENTRY_POINT_GROUP = "dynaquant"

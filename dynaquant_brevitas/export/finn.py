@@ -22,20 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "FinnBuild",
-    "build_finn",
-    "hardware_layers",
-    "DEFAULT_FPGA_PART",
-    "dataflow_partition",
-    "estimates",
-    "export_finn",
-    "fold",
-    "prepare_qonnx",
-    "run_finn",
-    "specialize",
-    "streamline",
-    "to_finn",
-    "to_hw",
+    "FinnBuild", "build_finn", "hardware_layers", "DEFAULT_FPGA_PART", "dataflow_partition", "estimates",
+    "export_finn", "fold", "prepare_qonnx", "run_finn", "specialize", "streamline", "to_finn", "to_hw"
 ]
 
 #: A Zynq UltraScale+ part (ZCU104); only used for resource estimates, no Vivado is run.

@@ -42,13 +42,8 @@ from ..nn import DynaQuantLayer
 from ..quant import int_range
 
 __all__ = [
-    "PackReport",
-    "integer_weight",
-    "pack_ints",
-    "pack_model",
-    "quantized_weight_layers",
-    "unpack_ints",
-    "unpack_model",
+    "PackReport", "integer_weight", "pack_ints", "pack_model", "quantized_weight_layers", "unpack_ints",
+    "unpack_model"
 ]
 
 MAGIC = b"DQPK"

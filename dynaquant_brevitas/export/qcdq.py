@@ -62,13 +62,8 @@ from .packing import quantized_weight_layers
 from .qonnx import VerificationError
 
 __all__ = [
-    "Deployable",
-    "add_zero_point_shifts",
-    "calibration_inputs",
-    "deployable",
-    "export_onnxruntime",
-    "export_qcdq",
-    "qcdq_export_patches",
+    "Deployable", "add_zero_point_shifts", "calibration_inputs", "deployable", "export_onnxruntime",
+    "export_qcdq", "qcdq_export_patches"
 ]
 
 PathLike = Union[str, Path]

@@ -32,14 +32,8 @@ from ..quant import BitChoice, ContentAwareIntQuant, DynaActQuant, DynaWeightQua
 from ..registry import register_handler
 
 __all__ = [
-    "DynaQuantLayer",
-    "DynaQuantConv2d",
-    "DynaQuantConvTranspose2d",
-    "DynaQuantLinear",
-    "DynaQuantMaskedConv2d",
-    "DynaQuantMultiheadAttention",
-    "quantizer_kwargs",
-    "rows_per_image",
+    "DynaQuantLayer", "DynaQuantConv2d", "DynaQuantConvTranspose2d", "DynaQuantLinear",
+    "DynaQuantMaskedConv2d", "DynaQuantMultiheadAttention", "quantizer_kwargs", "rows_per_image"
 ]
 
 

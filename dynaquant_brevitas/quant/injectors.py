@@ -19,22 +19,10 @@ from .proxies import DynaActQuantProxy, DynaWeightQuantProxy
 from .tensor_quant import ContentAwareIntQuant
 
 __all__ = [
-    "DGMRounding",
-    "STERounding",
-    "ContentAwareWeight",
-    "ContentAwareAct",
-    "ContentAwareUintAct",
-    "DynaWeightQuant",
-    "DynaActQuant",
-    "DynaUintActQuant",
-    "Int8WeightPerChannelDGM",
-    "Int6WeightPerChannelDGM",
-    "Int4WeightPerChannelDGM",
-    "Int8WeightPerChannelOffsetDGM",
-    "Int8ActPerChannelDGM",
-    "Uint8ActPerChannelDGM",
-    "Int8WeightPerChannelSTE",
-    "Int8ActPerChannelSTE",
+    "DGMRounding", "STERounding", "ContentAwareWeight", "ContentAwareAct", "ContentAwareUintAct",
+    "DynaWeightQuant", "DynaActQuant", "DynaUintActQuant", "Int8WeightPerChannelDGM",
+    "Int6WeightPerChannelDGM", "Int4WeightPerChannelDGM", "Int8WeightPerChannelOffsetDGM",
+    "Int8ActPerChannelDGM", "Uint8ActPerChannelDGM", "Int8WeightPerChannelSTE", "Int8ActPerChannelSTE"
 ]
 
 

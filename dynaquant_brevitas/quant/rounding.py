@@ -33,14 +33,7 @@ from torch import Tensor, nn
 
 from ..registry import lookup, register_estimator
 
-__all__ = [
-    "dgm_gradient",
-    "dgm_round",
-    "ste_round",
-    "DGMRound",
-    "STERound",
-    "rounding_estimator",
-]
+__all__ = ["dgm_gradient", "dgm_round", "ste_round", "DGMRound", "STERound", "rounding_estimator"]
 
 
 def _check_beta(beta: float) -> float:

@@ -6,23 +6,7 @@ from .loss import GammaController, bpp_of, rd_loss
 from .state import FINAL, LAST, TrainState, build_float_model, load_matching
 
 __all__ = [
-    "FINAL",
-    "LAST",
-    "ConfigError",
-    "DataSection",
-    "GammaController",
-    "ModelSection",
-    "Prepare",
-    "QuantSection",
-    "TrainConfig",
-    "TrainSection",
-    "TrainState",
-    "TrainingDiverged",
-    "bpp_of",
-    "build_float_model",
-    "dynaquant_prepare",
-    "load_matching",
-    "rd_loss",
-    "train",
-    "train_step",
+    "FINAL", "LAST", "ConfigError", "DataSection", "GammaController", "ModelSection", "Prepare",
+    "QuantSection", "TrainConfig", "TrainSection", "TrainState", "TrainingDiverged", "bpp_of",
+    "build_float_model", "dynaquant_prepare", "load_matching", "rd_loss", "train", "train_step"
 ]

@@ -26,16 +26,8 @@ from .distributed import Dist, gather
 from .loss import GammaController
 
 __all__ = [
-    "FINAL",
-    "LAST",
-    "TrainState",
-    "build_float_model",
-    "checkpoint_path",
-    "load_matching",
-    "make_state",
-    "restore_state",
-    "save_state",
-    "split_parameters",
+    "FINAL", "LAST", "TrainState", "build_float_model", "checkpoint_path", "load_matching", "make_state",
+    "restore_state", "save_state", "split_parameters"
 ]
 
 LAST = "last.pt"

@@ -38,13 +38,7 @@ from ..quant import quantization_disabled
 from .profiles import chosen_bits
 
 __all__ = [
-    "BitReport",
-    "average_bits",
-    "bit_loss",
-    "bit_report",
-    "layer_macs",
-    "layer_bits",
-    "model_size_bytes",
+    "BitReport", "average_bits", "bit_loss", "bit_report", "layer_macs", "layer_bits", "model_size_bytes"
 ]
 
 _COMPUTE_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)

@@ -76,12 +76,6 @@ class QuantizationPlan:
     tap_channels: Dict[str, int] = field(default_factory=dict)
     adapter: str = ""
 
-    def role(self, name: str) -> Optional[str]:
-        for side, names in self.dynamic.items():
-            if name in names:
-                return side
-        return "fixed" if name in self.fixed else None
-
     @property
     def quantized(self) -> List[str]:
         """Every layer that gets quantized: fixed ones, then each side's dynamic ones."""
