@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import platform
@@ -86,18 +85,12 @@ def bit_figures(model: nn.Module, macs: Mapping[str, int], profile: Optional[Map
     return average_bits(model, macs, profile)
 
 
-def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str, float]], Optional[Dict[str, int]]]:
-    """``(mean bits per layer, most frequent bits per layer)`` over the evaluated images (dynamic
-    models; ``(None, None)`` for static ones)."""
-    layers = evaluation.get("summary", {}).get("layers")
-    rows = [r["layer_bits"] for r in evaluation.get("per_image", []) if "layer_bits" in r]
-    if not layers or not rows:
-        return None, None
-    matrix = np.asarray(rows, dtype=float)
-    mean = dict(zip(layers, matrix.mean(axis=0).tolist()))
-    mode = {name: int(collections.Counter(int(b) for b in matrix[:, i]).most_common(1)[0][0])
-            for i, name in enumerate(layers)}
-    return mean, mode
+def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """``(mean widths per layer, most frequent widths per layer)`` over the evaluated images (dynamic
+    models; ``(None, None)`` for static ones): :func:`~dynaquant_brevitas.evaluation.evaluate.chosen_profiles`."""
+    from dynaquant_brevitas.evaluation.evaluate import chosen_profiles
+
+    return chosen_profiles(evaluation.get("summary", {}).get("layers") or [], evaluation.get("per_image", []))
 
 
 def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) -> Dict[str, Any]:
@@ -113,7 +106,8 @@ def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) 
         frozen = freeze(model, mode)
         packed = pack_model(frozen, folder / "mode.dqpk")
         state = model.dynaquant
-        dynamic = {name: state.config.candidate_bits for side in state.layer_names.values() for name in side}
+        weights = sorted({w for w, _ in state.config.pairs})
+        dynamic = {name: weights for side in state.layer_names.values() for name in side}
         out["packed_size_all_candidates_bytes"] = pack_model(model, folder / "all-candidates.dqpk", dynamic).size_bytes
         out["model_size_estimate_bytes"] = model_size_bytes(model, mean)
     else:

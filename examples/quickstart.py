@@ -65,15 +65,16 @@ def code(model: nn.Module, image: torch.Tensor) -> Dict[str, object]:
     record = {"bpp": 8 * coded.num_bytes / (h * w), "psnr": psnr(image, to_uint8(decoded).float() / 255)}
     bits = last_choice(model)
     if bits is not None:
-        record["profile"] = dict(zip(bits["layers"], bits["bits"]))
+        record["profile"] = dict(zip(bits["layers"], bits["weight_bits"]))
     return record
 
 
-def describe_bits(profile: Optional[Dict[str, int]]) -> str:
+def describe_bits(profile: Optional[Dict[str, object]]) -> str:
+    """Average and per-layer widths; a (weight, activation) pair counts as its weight width."""
     if not profile:
         return "32 (float)"
-    values = list(profile.values())
-    return f"{sum(values) / len(values):.2f} avg: " + " ".join(str(b) for b in values)
+    values = [v[0] if isinstance(v, (tuple, list)) else v for v in profile.values()]
+    return f"{sum(values) / len(values):.2f} avg: " + " ".join(str(int(b)) for b in values)
 
 
 def table(rows: List[Tuple[str, Dict[str, object], int]]) -> str:

@@ -1,4 +1,5 @@
-"""Bit loss, MACs, BitOPs, packed size and bit reports."""
+"""Bit loss (three costs), MACs, BitOPs with unequal weight and activation widths, packed size,
+bit reports and their diversity figures."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_layer_macs_match_hand_counts():
 
 def test_bit_loss_is_the_expected_average_bit_width():
     probs = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]], requires_grad=True)
-    loss = bit_loss({"bits": {"probs": probs, "candidates": (4, 6, 8)}})
+    loss = bit_loss({"bits": {"probs": probs, "candidates": ((4, 4), (6, 6), (8, 8))}})
     assert loss.item() == pytest.approx((5.0 + 8.0) / 2)
     loss.backward()
     assert probs.grad is not None
@@ -54,7 +55,60 @@ def test_bit_report_counts_choices_per_layer():
     assert len(report.per_image) == 3 and all(len(row) == 6 for row in report.per_image)
     for name in report.layers:
         assert sum(report.histograms[name].values()) == 3
-        assert set(report.histograms[name]) <= {4, 8}
-        assert 4 <= report.mean_bits[name] <= 8
+        assert set(report.histograms[name]) <= {"4", "8"}
+        assert 4 <= report.mean_bits[name][0] == report.mean_bits[name][1] <= 8
+    assert set(report.diversity) == {"encoder", "decoder"} and all(0 <= d <= 2 / 3 for d in report.diversity.values())
+    assert all(0 <= e <= 1 for e in report.entropy.values())
     assert 4 <= report.bits_per_param <= 8 and report.size_bytes > 0
     assert report.to_dict()["layers"] == report.layers
+
+
+def test_unequal_widths_are_counted_apart():
+    model = dynaquantize(FactorizedPrior(8, 12), DynaQuantConfig(weight_bits=(4,), activation_bits=(8,), fixed_bits=8))
+    macs = layer_macs(model, (1, 3, 64, 64))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    fixed = {"g_a.0", "g_s.0"}  # the taps, at 8/8
+    widths = {n: (8, 8) if n in fixed else (4, 8) for n in layers}
+    params = {n: m.weight.numel() for n, m in layers.items()}
+    averages = average_bits(model, macs)
+    assert averages["bits_per_param"] == pytest.approx(sum(params[n] * widths[n][0] for n in layers) / sum(params.values()))
+    assert averages["avg_activation_bits"] == pytest.approx(8.0)
+    bitops = sum(macs[n] * widths[n][0] * widths[n][1] for n in layers)
+    assert averages["bits_bitops"] == pytest.approx(math.sqrt(bitops / sum(macs[n] for n in layers)))
+    packed = sum(math.ceil(params[n] * widths[n][0]) for n in layers) / 8
+    others = sum(p.numel() for p in model.parameters()) - sum(params.values())
+    assert model_size_bytes(model) == math.ceil(packed) + 4 * others
+
+
+def test_profiles_take_weight_and_activation_pairs():
+    from dynaquant_brevitas import freeze
+
+    torch.manual_seed(0)
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(weight_bits=(4, 8), activation_bits=(8,)))
+    calibrate(model, [torch.rand(2, 3, 64, 64)])
+    names = model.dynaquant.layer_names["encoder"] + model.dynaquant.layer_names["decoder"]
+    static = freeze(model, {n: [4, 8] for n in names})
+    assert all(static.dynaquant_profile[n] == [4, 8] for n in names) and static.dynaquant_profile["g_a.0"] == 8
+    assert static.get_submodule("g_a.2").widths == (4, 8)
+    with pytest.raises(ValueError, match="not among the candidates"):
+        freeze(model, {n: [6, 8] for n in names})
+
+
+@pytest.mark.parametrize("cost", ["layers", "bitops", "size"])
+def test_bit_costs_read_in_bits_and_follow_the_choice(cost):
+    from dynaquant_brevitas.transform import bit_cost
+
+    torch.manual_seed(0)
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(weight_bits=(4, 8), activation_bits=(8,)))
+    calibrate(model, [torch.rand(2, 3, 64, 64)])
+    record = model.train()(torch.rand(2, 3, 64, 64))["bits"]
+    low, high = (dict(record, probs=torch.zeros_like(record["probs"]).index_fill_(-1, torch.tensor([k]), 1.0)) for k in (0, 1))
+    cheap, dear = bit_cost(low, cost), bit_cost(high, cost)
+    assert bool((cheap < dear).all())
+    if cost == "layers":
+        assert torch.allclose(cheap, torch.tensor(32.0).sqrt()) and torch.allclose(dear, torch.tensor(8.0))
+    if cost == "size":  # every layer at 8 bits: the model's average weight bits
+        assert torch.allclose(dear, torch.tensor(8.0, dtype=dear.dtype))
+    loss = bit_loss({"bits": record}, cost)
+    loss.backward()
+    assert any(p.grad is not None for p in model.dynaquant.parameters())

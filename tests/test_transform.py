@@ -200,7 +200,7 @@ def test_selector_learns_to_tell_flat_from_textured():
         model(batch)
         loss = 0
         for selection in model.dynaquant.last.values():
-            table = torch.tensor(selection.candidates, dtype=torch.float32)
+            table = torch.tensor([w for w, _ in selection.candidates], dtype=torch.float32)
             hard_bits = (selection.weights * table).sum(-1).mean(-1)  # straight-through
             loss = loss + (push * hard_bits).sum()
         optimizer.zero_grad()

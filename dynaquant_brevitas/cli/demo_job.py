@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..evaluation import evaluate
+from ..evaluation.evaluate import chosen_profiles
 from ..evaluation.plot import plot_bit_heatmap, plot_rd
 from ..io.checkpoint import load_checkpoint, model_from_checkpoint
 from ..io.files import write_json
@@ -103,12 +104,9 @@ def _size_bytes(checkpoint: Path, layer_bits: Optional[Dict[str, float]] = None)
     return model_size_bytes(model, layer_bits)
 
 
-def _mean_layer_bits(result: Dict[str, Any]) -> Optional[Dict[str, float]]:
+def _mean_layer_bits(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     entry = result["models"][0]
-    rows = [r["layer_bits"] for r in entry.get("per_image", []) if "layer_bits" in r]
-    if not rows:
-        return None
-    return dict(zip(entry["layers"], np.mean(np.asarray(rows, dtype=float), axis=0).tolist()))
+    return chosen_profiles(entry.get("layers") or [], entry.get("per_image", []))[0]
 
 
 def _row(name: str, result: Dict[str, Any], size: int) -> Dict[str, Any]:

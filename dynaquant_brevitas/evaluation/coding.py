@@ -246,9 +246,15 @@ def _rans_tail(strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> i
 
 
 def last_choice(model: nn.Module) -> dict[str, Any] | None:
-    """Per-layer bit widths chosen for the last image coded (``None`` if the model is not dynamic)."""
+    """Per-layer widths chosen for the last image coded: ``weight_bits``, ``activation_bits`` and
+    ``bits`` (``sqrt(w a)``) per layer in ``layers`` order (``None`` if the model is not dynamic)."""
     state = _dynaquant_state(model)
     if state is None or not getattr(state, "last", None):
         return None
     record = state.bits_record()
-    return {"layers": list(record["layers"]), "bits": [int(b) for b in record["bits"][0].tolist()]}
+    return {
+        "layers": list(record["layers"]),
+        "bits": [float(b) for b in record["bits"][0].tolist()],
+        "weight_bits": [int(b) for b in record["weight_bits"][0].tolist()],
+        "activation_bits": [int(b) for b in record["activation_bits"][0].tolist()],
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from ..io.checkpoint import load_any, model_from_checkpoint
+from ..transform import profile_entry
+from ..transform.report import choice_entropy, diversity
 from ..io.images import list_images, read_image, to_uint8
 from .coding import EvalError, decode_image, encode_image, last_choice, prepare_for_coding
 from .metrics import ms_ssim, psnr
@@ -131,7 +134,9 @@ def evaluate_image(
     bits = last_choice(model)
     if bits is not None:
         record["avg_bits"] = sum(bits["bits"]) / max(1, len(bits["bits"]))
-        record["layer_bits"] = bits["bits"]
+        record["avg_weight_bits"] = sum(bits["weight_bits"]) / max(1, len(bits["weight_bits"]))
+        record["layer_bits"] = bits["weight_bits"]
+        record["layer_activation_bits"] = bits["activation_bits"]
     return record
 
 
@@ -157,8 +162,38 @@ def evaluate_model(
     bits = last_choice(model)  # the dynamic layers' names (the same for every image)
     if bits is not None:
         summary["avg_bits"] = _mean(r["avg_bits"] for r in records)
+        summary["avg_weight_bits"] = _mean(r["avg_weight_bits"] for r in records)
         summary["layers"] = bits["layers"]
+        summary.update(choice_statistics(model, records))
     return {"summary": summary, "per_image": records}
+
+
+def chosen_profiles(layers: Sequence[str], records: Sequence[dict[str, Any]]) -> tuple[dict | None, dict | None]:
+    """``(mean, mode)`` profiles of per-image records (``layer_bits`` and ``layer_activation_bits``):
+    per layer the mean ``(weight, activation)`` widths, and the most frequent pair (one number when
+    equal); ``(None, None)`` without per-layer bits."""
+    rows = [list(zip(r["layer_bits"], r.get("layer_activation_bits", r["layer_bits"]))) for r in records if "layer_bits" in r]
+    if not layers or not rows:
+        return None, None
+    mean = {name: (sum(row[i][0] for row in rows) / len(rows), sum(row[i][1] for row in rows) / len(rows))
+            for i, name in enumerate(layers)}
+    mode = {name: profile_entry(*Counter(row[i] for row in rows).most_common(1)[0][0]) for i, name in enumerate(layers)}
+    return mean, mode
+
+
+def choice_statistics(model: nn.Module, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the per-image choices vary: per side the share of images whose profile differs from
+    the most common one (``diversity``), per layer the entropy of its choices in bits."""
+    state = model.dynaquant
+    layers = list(state.bits_record()["layers"]) if state.last else []
+    pairs = [list(zip(r["layer_bits"], r["layer_activation_bits"])) for r in records]
+    index = {name: i for i, name in enumerate(layers)}
+    sides = {side: [index[n] for n in names if n in index] for side, names in state.layer_names.items()}
+    histograms = {name: Counter(f"{row[i][0]}/{row[i][1]}" for row in pairs) for name, i in index.items()}
+    return {
+        "diversity": {side: diversity([tuple(row[i] for i in idx) for row in pairs]) for side, idx in sides.items() if idx},
+        "entropy": {name: choice_entropy(h) for name, h in histograms.items()},
+    }
 
 
 def evaluate(

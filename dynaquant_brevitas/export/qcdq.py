@@ -172,9 +172,10 @@ def deployable(model: nn.Module, profile: Optional[Mapping[str, int]],
     frozen = (freeze(model, profile or "max") if hasattr(model, "dynaquant") else model).eval()
     reference = copy.deepcopy(frozen)
     for name, layer in dynaquant_layers(reference):
-        if name.split(".")[0] in parts and layer.bit_width > 8:
-            notes["bits_capped_to_8"][name] = layer.bit_width
-            layer.set_bit_width(8)
+        weight, activation = layer.widths
+        if name.split(".")[0] in parts and max(weight, activation or 0) > 8:
+            notes["bits_capped_to_8"][name] = layer.bit_width if activation in (None, weight) else [weight, activation]
+            layer.set_bit_width(min(weight, 8), min(activation, 8) if activation is not None else None)
     notes["exported_bits"] = _exported_bits(reference, parts)
     deploy = copy.deepcopy(reference)
     shifts: Dict[str, np.ndarray] = {}

@@ -2,7 +2,8 @@
 
 Each class subclasses the Brevitas layer of the same name and adds:
 
-* ``set_bit_width(bits)``: one static bit width for weights and input activations;
+* ``set_bit_width(weight_bits, activation_bits=None)``: static widths for weights and input
+  activations (the same when the second is not given);
 * ``set_bit_choice(choice)``: a per-sample :class:`~dynaquant_brevitas.quant.BitChoice`. When the
   samples of a batch use different bit widths, the weight quantizer returns one weight per sample
   and the layer runs a single grouped convolution (groups x batch) instead of one convolution
@@ -20,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Type
+from typing import Any, Dict, Iterator, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,25 @@ from ..quant import BitChoice, ContentAwareIntQuant, DynaActQuant, DynaWeightQua
 from ..registry import register_handler
 
 __all__ = [
-    "DynaQuantLayer", "DynaQuantConv2d", "DynaQuantConvTranspose2d", "DynaQuantLinear",
-    "DynaQuantMaskedConv2d", "DynaQuantMultiheadAttention", "quantizer_kwargs", "rows_per_image"
+    "Bits", "DynaQuantConv2d", "DynaQuantConvTranspose2d", "DynaQuantLayer", "DynaQuantLinear", "DynaQuantMaskedConv2d",
+    "DynaQuantMultiheadAttention", "StaticWidths", "as_pair", "quantizer_kwargs", "rows_per_image",
 ]
+
+
+Bits = Union[int, Tuple[int, int]]
+
+
+def as_pair(bits: Bits) -> Tuple[int, int]:
+    """``(weight bits, activation bits)`` of one width or a pair.
+
+    Example:
+        >>> as_pair(6), as_pair((4, 8))
+        ((6, 6), (4, 8))
+    """
+    if isinstance(bits, (tuple, list)):
+        weight, activation = bits
+        return int(weight), int(activation)
+    return int(bits), int(bits)
 
 
 def _plain(t: Any) -> Any:
@@ -42,7 +59,7 @@ def _plain(t: Any) -> Any:
 
 
 def quantizer_kwargs(
-    bits: int,
+    bits: Bits,
     *,
     rounding: str = "dgm",
     beta: float = 1.0,
@@ -59,9 +76,10 @@ def quantizer_kwargs(
     The options have the names of the :class:`~dynaquant_brevitas.DynaQuantConfig` fields they
     come from; Brevitas reads them with its ``weight_`` and ``input_`` prefixes.
     """
+    weight_bits, activation_bits = as_pair(bits)
     kwargs: Dict[str, Any] = {
         "weight_quant": DynaWeightQuant,
-        "weight_bit_width": bits,
+        "weight_bit_width": weight_bits,
         "weight_rounding": rounding,
         "weight_rounding_beta": beta,
         "weight_learn_range": learn_range,
@@ -74,7 +92,7 @@ def quantizer_kwargs(
     if quantize_activations:
         kwargs.update(
             input_quant=DynaActQuant,
-            input_bit_width=bits,
+            input_bit_width=activation_bits,
             input_rounding=rounding,
             input_rounding_beta=beta,
             input_learn_range=learn_range,
@@ -86,7 +104,33 @@ def quantizer_kwargs(
     return kwargs
 
 
-class DynaQuantLayer:
+class StaticWidths:
+    """Mixin: the static widths of a layer's content-aware quantizers (weights first, then input)."""
+
+    def tensor_quants(self) -> Iterator[ContentAwareIntQuant]:
+        raise NotImplementedError
+
+    @property
+    def bit_width(self) -> int:
+        """The weights' static bit width (used when no per-sample choice is set)."""
+        return int(next(self.tensor_quants()).static_bit_width)
+
+    @property
+    def widths(self) -> Tuple[int, Optional[int]]:
+        """``(weight bits, activation bits)``; the second is ``None`` when the input is not quantized."""
+        quants = list(self.tensor_quants())
+        weight = int(quants[0].static_bit_width)
+        inputs = [q for q in quants if not q.is_weight]
+        return weight, int(inputs[0].static_bit_width) if inputs else None
+
+    def set_bit_width(self, weight_bits: int, activation_bits: Optional[int] = None) -> None:
+        """Static widths from now on: ``weight_bits`` for weights, ``activation_bits`` (default: the
+        same) for the input."""
+        for q in self.tensor_quants():
+            q.set_bit_width(activation_bits if activation_bits is not None and not q.is_weight else weight_bits)
+
+
+class DynaQuantLayer(StaticWidths):
     """Mixin shared by the DynaQuant layers: bit-width control and the per-sample path."""
 
     float_class: Type[nn.Module]
@@ -98,26 +142,19 @@ class DynaQuantLayer:
         candidates.append(getattr(fused, "tensor_quant", None))
         return (q for q in candidates if isinstance(q, ContentAwareIntQuant))
 
-    @property
-    def bit_width(self) -> int:
-        """The static bit width (used when no per-sample choice is set)."""
-        return int(next(self.tensor_quants()).static_bit_width)
-
-    def set_bit_width(self, bits: int) -> None:
-        for q in self.tensor_quants():
-            q.set_bit_width(bits)
-
     def set_bit_choice(self, choice: Optional[BitChoice]) -> None:
+        """Per-sample widths (``None``: the static ones); pairs go to the weight and input quantizers apart."""
         for q in self.tensor_quants():
-            q.bit_choice = choice
+            q.bit_choice = None if choice is None else choice.part(0 if q.is_weight else 1)
 
     @property
     def bit_choice(self) -> Optional[BitChoice]:
         return next(self.tensor_quants()).bit_choice
 
     @classmethod
-    def from_float(cls, module: nn.Module, bits: int = 8, **options: Any) -> "DynaQuantLayer":
-        """A quantized copy of a float ``module`` (weights shared by value, not by reference)."""
+    def from_float(cls, module: nn.Module, bits: Bits = 8, **options: Any) -> "DynaQuantLayer":
+        """A quantized copy of a float ``module`` (weights shared by value, not by reference);
+        ``bits`` is one width, or a (weight, activation) pair."""
         layer = cls(**cls._float_arguments(module), **quantizer_kwargs(bits, **options))
         layer.to(device=module.weight.device, dtype=module.weight.dtype)
         with torch.no_grad():
@@ -271,7 +308,7 @@ class DynaQuantLinear(DynaQuantLayer, QuantLinear):
 
 
 @register_handler(nn.MultiheadAttention)
-class DynaQuantMultiheadAttention(QuantMultiheadAttention):
+class DynaQuantMultiheadAttention(StaticWidths, QuantMultiheadAttention):
     """``nn.MultiheadAttention`` as Brevitas's ``QuantMultiheadAttention``: the input and output
     projections (weights and their inputs) quantized with DynaQuant's quantizers at one bit width;
     the attention scores and softmax stay float. Its bit width does not change per image, so
@@ -288,7 +325,7 @@ class DynaQuantMultiheadAttention(QuantMultiheadAttention):
     dynamic_bits = False
 
     @classmethod
-    def from_float(cls, module: nn.MultiheadAttention, bits: int = 8, **options: Any) -> "DynaQuantMultiheadAttention":
+    def from_float(cls, module: nn.MultiheadAttention, bits: Bits = 8, **options: Any) -> "DynaQuantMultiheadAttention":
         if module.kdim != module.embed_dim or module.vdim != module.embed_dim or module.bias_k is not None:
             raise ValueError("MultiheadAttention with kdim/vdim other than embed_dim or add_bias_kv is not supported")
         quant = quantizer_kwargs(bits, **options)
@@ -310,12 +347,5 @@ class DynaQuantMultiheadAttention(QuantMultiheadAttention):
         return layer
 
     def tensor_quants(self) -> Iterator[ContentAwareIntQuant]:
-        return (m for m in self.modules() if isinstance(m, ContentAwareIntQuant))
-
-    @property
-    def bit_width(self) -> int:
-        return int(next(self.tensor_quants()).static_bit_width)
-
-    def set_bit_width(self, bits: int) -> None:
-        for q in self.tensor_quants():
-            q.set_bit_width(bits)
+        quants = [m for m in self.modules() if isinstance(m, ContentAwareIntQuant)]
+        return iter(sorted(quants, key=lambda q: not q.is_weight))  # weights first

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +41,28 @@ class Selection:
 
     probs: Tensor
     weights: Tensor
-    candidates: Tuple[int, ...]
+    candidates: Tuple
+
+    def _table(self, part: Optional[int]) -> Tensor:
+        pairs = [c if isinstance(c, (tuple, list)) else (c, c) for c in self.candidates]
+        values = [(w * a) ** 0.5 if part is None else (w, a)[part] for w, a in pairs]
+        return torch.tensor(values, dtype=self.probs.dtype, device=self.probs.device)
 
     @property
     def bits(self) -> Tensor:
-        """``(N, L)`` chosen bit widths."""
-        table = torch.tensor(self.candidates, dtype=self.probs.dtype, device=self.probs.device)
-        return table[self.weights.argmax(dim=-1)]
+        """``(N, L)`` chosen bit widths; for (weight, activation) pairs ``sqrt(w a)``, the width with
+        the same BitOPs."""
+        return self._table(None)[self.weights.argmax(dim=-1)]
+
+    @property
+    def weight_bits(self) -> Tensor:
+        """``(N, L)`` chosen weight widths."""
+        return self._table(0)[self.weights.argmax(dim=-1)]
+
+    @property
+    def activation_bits(self) -> Tensor:
+        """``(N, L)`` chosen activation widths."""
+        return self._table(1)[self.weights.argmax(dim=-1)]
 
 
 @register_selector("mlp")
@@ -64,7 +79,7 @@ class BitSelector(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        self.candidates = tuple(int(b) for b in candidates)
+        self.candidates = tuple(candidates)  # widths, or (weight, activation) pairs
         self.layers = int(layers)
         self.pool = int(pool)
         self.max_side = 64

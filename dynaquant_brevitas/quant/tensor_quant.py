@@ -101,13 +101,21 @@ class BitChoice:
     """Which candidate bit width each sample of a batch uses, for one layer.
 
     Attributes:
-        candidates: the candidate bit widths, e.g. ``(4, 6, 8)``.
+        candidates: the candidate bit widths, e.g. ``(4, 6, 8)``, or (weight, activation) pairs,
+            e.g. ``((4, 8), (8, 8))``; :meth:`part` gives one quantizer's widths.
         weights: ``(N, K)`` selection weights, one-hot in value; in training they carry the
             straight-through gradient of the Gumbel-softmax.
     """
 
-    candidates: Tuple[int, ...]
+    candidates: Tuple
     weights: Tensor
+
+    def part(self, index: int) -> "BitChoice":
+        """The choice as one quantizer sees it: entry ``index`` (0 weights, 1 activations) of each
+        pair; the choice itself when the candidates are plain widths."""
+        if not self.candidates or isinstance(self.candidates[0], int):
+            return self
+        return BitChoice(tuple(int(pair[index]) for pair in self.candidates), self.weights)
 
     @property
     def index(self) -> Tensor:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..transform import DynaQuantConfig
+from ..transform import BIT_COSTS, DynaQuantConfig
 
 __all__ = ["ConfigError", "DataSection", "ModelSection", "QuantSection", "TrainConfig", "TrainSection", "paths_relative_to"]
 
@@ -89,14 +89,17 @@ class TrainSection:
 class QuantSection:
     """Quantization-aware training: ``config`` is a ``DynaQuantConfig`` dict (``None``: float training).
 
-    The loss adds ``gamma * bit_loss``; with ``target_bits`` set, ``gamma`` is steered by a
-    proportional-integral controller (gains ``kp``, ``ki``) on the moving average (factor
-    ``bits_ema``) of the chosen bit width. The selectors' Gumbel-softmax temperature decays
+    The loss adds ``gamma * bit_loss`` with the cost ``bit_cost``: ``"layers"`` (the paper's
+    average over dynamic layers), ``"bitops"`` (weighted by MACs: the model's average bits in
+    BitOPs) or ``"size"`` (weighted by parameters: the model's average weight bits). With
+    ``target_bits`` set, ``gamma`` is steered by a proportional-integral controller (gains ``kp``,
+    ``ki``) on the moving average (factor ``bits_ema``) of the chosen bits under the same cost. The selectors' Gumbel-softmax temperature decays
     exponentially from ``tau_start`` to ``tau_end`` over ``tau_decay_steps`` steps.
     """
 
     config: Optional[dict[str, Any]] = None
     gamma: float = 0.0
+    bit_cost: str = "layers"
     target_bits: Optional[float] = None
     tau_start: float = 2.0
     tau_end: float = 0.5
@@ -190,6 +193,7 @@ class TrainConfig:
                 "MS-SSIM needs data.patch_size > 160 (5 scales, 11-px window)",
             ),
             (q.gamma >= 0, "quant.gamma must be >= 0"),
+            (q.bit_cost in BIT_COSTS, f"quant.bit_cost must be one of {', '.join(BIT_COSTS)}, not {q.bit_cost!r}"),
             (q.tau_start > 0 and q.tau_end > 0, "quant.tau_start and quant.tau_end must be positive"),
             (q.tau_decay_steps > 0, "quant.tau_decay_steps must be positive"),
             (q.kp >= 0 and q.ki >= 0, "quant.kp and quant.ki must be >= 0"),
@@ -205,9 +209,13 @@ class TrainConfig:
         if q.target_bits is not None:
             if dq is None:
                 raise ConfigError("quant.target_bits needs quant.config (quantization-aware training)")
-            low, high = min(dq.candidate_bits), max(dq.candidate_bits)
-            if not low <= q.target_bits <= high:
-                raise ConfigError(f"quant.target_bits {q.target_bits} is outside the candidates' range [{low}, {high}]")
+            # "bitops" and "size" are model averages (fixed and float layers included): any positive target
+            widths = [(w * a) ** 0.5 for w, a in dq.pairs]
+            if q.bit_cost == "layers" and not min(widths) <= q.target_bits <= max(widths):
+                raise ConfigError(f"quant.target_bits {q.target_bits} is outside the candidates' range "
+                                  f"[{min(widths):g}, {max(widths):g}]")
+            if q.target_bits <= 0:
+                raise ConfigError("quant.target_bits must be positive")
         return self
 
     def dynaquant_config(self) -> Optional[DynaQuantConfig]:

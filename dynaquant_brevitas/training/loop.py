@@ -87,7 +87,7 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     state.optimizer.zero_grad(set_to_none=True)
     state.aux_optimizer.zero_grad(set_to_none=True)
     out = model(x)
-    terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma)
+    terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma, cfg.quant.bit_cost)
     _check_finite(state, cfg, {k: v for k, v in terms.items() if k in ("loss", "bpp", "mse")})
     terms["loss"].backward()
     if cfg.train.clip_max_norm > 0:
@@ -103,7 +103,9 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     logs["aux"] = float(aux.detach())
     logs["psnr"] = -10 * math.log10(max(logs["mse"], 1e-12))
     if "bits" in terms:
-        logs["avg_bits"] = float(out["bits"]["bits"].float().mean())
+        logs["avg_bits"] = logs.pop("chosen_bits")  # under quant.bit_cost: what the target is met in
+        logs["avg_weight_bits"] = float(out["bits"]["weight_bits"].float().mean())
+        logs["avg_activation_bits"] = float(out["bits"]["activation_bits"].float().mean())
     return logs
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from pytorch_msssim import ms_ssim
 
+from ..transform import bit_cost as cost_of_choices
 from ..transform import bit_loss
 
 __all__ = ["GammaController", "bpp_of", "rd_loss"]
@@ -26,9 +27,18 @@ def bpp_of(out: Mapping[str, Any], num_pixels: int) -> torch.Tensor:
 
 
 def rd_loss(
-    out: Mapping[str, Any], x: torch.Tensor, lmbda: float, metric: str = "mse", gamma: float = 0.0
+    out: Mapping[str, Any],
+    x: torch.Tensor,
+    lmbda: float,
+    metric: str = "mse",
+    gamma: float = 0.0,
+    bit_cost: str = "layers",
 ) -> dict[str, torch.Tensor]:
     """Rate-distortion(-bits) loss terms; ``loss`` is the one to minimise.
+
+    With dynamic layers, ``bits`` is the bit loss under ``bit_cost`` (``"layers"``, ``"bitops"`` or
+    ``"size"``, see :mod:`~dynaquant_brevitas.transform.cost`) and ``chosen_bits`` what the
+    choices made cost under the same definition (what a bit target is measured against).
 
     >>> x = torch.rand(1, 3, 8, 8)
     >>> out = {"x_hat": x, "likelihoods": {"y": torch.full((1, 4, 2, 2), 0.5)}}
@@ -43,15 +53,12 @@ def rd_loss(
     else:
         distortion = 255**2 * terms["mse"]
     terms["loss"] = terms["bpp"] + lmbda * distortion
-    if "bits" in out and _num_dynamic_layers(out) > 0:
-        terms["bits"] = bit_loss(out)
+    record = out.get("bits")
+    if isinstance(record, Mapping) and record.get("layers"):
+        terms["bits"] = bit_loss(out, bit_cost)
+        terms["chosen_bits"] = cost_of_choices(record, bit_cost, hard=True).mean()
         terms["loss"] = terms["loss"] + gamma * terms["bits"]
     return terms
-
-
-def _num_dynamic_layers(out: Mapping[str, Any]) -> int:
-    bits = out.get("bits") or {}
-    return len(bits.get("layers", ())) if isinstance(bits, Mapping) else 0
 
 
 class GammaController:

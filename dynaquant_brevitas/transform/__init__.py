@@ -2,15 +2,16 @@
 
 from .adapters import DECODER, ENCODER, AutoregressiveContextAdapter, CompressAIAdapter, ModelAdapter, adapter_for
 from .config import DynaQuantConfig
-from .cost import BitReport, average_bits, bit_loss, bit_report, layer_bits, layer_macs, model_size_bytes
+from .cost import BIT_COSTS, average_bits, bit_cost, bit_loss, layer_bits, layer_macs, model_size_bytes
 from .dynaquantize import QUANTIZER_OPTIONS, DynaQuantState, dynaquant_layers, dynaquant_state, dynaquantize
 from .plan import FLOAT_BY_DESIGN, QuantizationPlan, UnsupportedModuleError, plan_quantization
-from .profiles import Profile, chosen_bits, freeze, resolve_profile
+from .profiles import Profile, chosen_bits, freeze, profile_entry, resolve_profile
+from .report import BitReport, bit_report
 
 __all__ = [
-    "DECODER", "ENCODER", "FLOAT_BY_DESIGN", "QUANTIZER_OPTIONS", "AutoregressiveContextAdapter",
+    "BIT_COSTS", "DECODER", "ENCODER", "FLOAT_BY_DESIGN", "QUANTIZER_OPTIONS", "AutoregressiveContextAdapter",
     "BitReport", "CompressAIAdapter", "DynaQuantConfig", "DynaQuantState", "ModelAdapter", "Profile",
-    "QuantizationPlan", "UnsupportedModuleError", "adapter_for", "average_bits", "bit_loss", "bit_report",
+    "QuantizationPlan", "UnsupportedModuleError", "adapter_for", "average_bits", "bit_cost", "bit_loss", "bit_report",
     "chosen_bits", "dynaquant_layers", "dynaquant_state", "dynaquantize", "freeze", "layer_bits",
-    "layer_macs", "model_size_bytes", "plan_quantization", "resolve_profile"
+    "layer_macs", "model_size_bytes", "plan_quantization", "profile_entry", "resolve_profile"
 ]

@@ -3,7 +3,15 @@
 Training settings (the bit-loss weight ``gamma``, ``target_bits``, the temperature schedule) are
 not here: they belong to the training configuration (:class:`~dynaquant_brevitas.training.QuantSection`).
 
+Weights and activations can have widths of their own: ``weight_bits=(4, 6, 8)`` with
+``activation_bits=(8,)`` gives the candidates (4, 8), (6, 8), (8, 8) as (weight, activation)
+pairs; ``candidate_bits`` alone is the shorthand for equal widths.
+
 Example:
+    >>> DynaQuantConfig(weight_bits=(4, 6, 8), activation_bits=(8,)).pairs
+    ((4, 8), (6, 8), (8, 8))
+    >>> DynaQuantConfig(candidate_bits=(6, 8)).pairs
+    ((6, 6), (8, 8))
     >>> cfg = DynaQuantConfig(candidate_bits=(6, 8, 10), rounding="ste")
     >>> DynaQuantConfig.from_yaml(cfg.to_yaml()) == cfg
     True
@@ -17,10 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
-
-import warnings
 
 import yaml
 
@@ -38,8 +45,11 @@ class DynaQuantConfig:
     """How to quantize a CompressAI model with DynaQuant.
 
     Attributes:
-        candidate_bits: bit widths the selector chooses from per image and layer; one value gives
-            static quantization at that width.
+        candidate_bits: bit widths the selector chooses from per image and layer, the same for a
+            layer's weights and input; one value gives static quantization at that width.
+        weight_bits, activation_bits: widths for weights and for inputs apart; when either is set,
+            the candidates are every (weight, activation) pair of the two sets (the one not set
+            takes ``candidate_bits``). See :attr:`pairs`.
         fixed_bits: bit width of the fixed-precision layers: the first module of the analysis and
             synthesis transforms (the selectors' feature taps), the hyper transforms and the
             entropy-parameter networks.
@@ -73,6 +83,8 @@ class DynaQuantConfig:
     """
 
     candidate_bits: Tuple[int, ...] = (4, 6, 8)
+    weight_bits: Optional[Tuple[int, ...]] = None
+    activation_bits: Optional[Tuple[int, ...]] = None
     fixed_bits: int = 8
     quantize_activations: bool = True
     rounding: str = "dgm"
@@ -93,7 +105,9 @@ class DynaQuantConfig:
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "candidate_bits", _normalise_bits(self.candidate_bits))
+        for name in ("candidate_bits", "weight_bits", "activation_bits"):
+            if name == "candidate_bits" or getattr(self, name) is not None:
+                object.__setattr__(self, name, _normalise_bits(getattr(self, name), name))
         object.__setattr__(self, "float_modules", tuple(self.float_modules))
         _check_bits("fixed_bits", self.fixed_bits)
         for field_name, kind in (("rounding", "estimator"), ("selector", "selector")):
@@ -111,9 +125,18 @@ class DynaQuantConfig:
             raise ValueError(f"unsupported: must be 'error' or 'skip', got {self.unsupported!r}")
 
     @property
+    def pairs(self) -> Tuple[Tuple[int, int], ...]:
+        """The candidate (weight bits, activation bits) pairs, cheapest (in BitOPs) first."""
+        if self.weight_bits is None and self.activation_bits is None:
+            return tuple((b, b) for b in self.candidate_bits)
+        weights = self.weight_bits or self.candidate_bits
+        activations = self.activation_bits or self.candidate_bits
+        return tuple(sorted(((w, a) for w in weights for a in activations), key=lambda p: (p[0] * p[1], p)))
+
+    @property
     def dynamic(self) -> bool:
         """True when there is more than one candidate, so a selector is needed."""
-        return len(self.candidate_bits) > 1
+        return len(self.pairs) > 1
 
     def replace(self, **changes: Any) -> "DynaQuantConfig":
         """A copy with some fields changed (validated again)."""
@@ -132,7 +155,7 @@ class DynaQuantConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown DynaQuantConfig field(s): {', '.join(unknown)}")
-        for name in ("candidate_bits", "float_modules"):
+        for name in ("candidate_bits", "weight_bits", "activation_bits", "float_modules"):
             if name in data and isinstance(data[name], (list, tuple)):
                 data[name] = tuple(data[name])
         return cls(**data)
@@ -179,14 +202,14 @@ def _check_bits(name: str, bits: Any) -> None:
         raise ValueError(f"{name}: bit widths must be integers in {low}..{high}, got {bits!r}")
 
 
-def _normalise_bits(bits: Any) -> Tuple[int, ...]:
+def _normalise_bits(bits: Any, name: str = "candidate_bits") -> Tuple[int, ...]:
     if isinstance(bits, int):
         bits = (bits,)
     bits = tuple(bits)
     if not bits:
-        raise ValueError("candidate_bits: must hold at least one bit width")
+        raise ValueError(f"{name}: must hold at least one bit width")
     for b in bits:
-        _check_bits("candidate_bits", b)
+        _check_bits(name, b)
     return tuple(sorted(set(bits)))
 
 

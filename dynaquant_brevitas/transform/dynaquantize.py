@@ -30,6 +30,7 @@ from ..quant import BitChoice
 from ..registry import handler_for, lookup
 from .adapters import DECODER, ENCODER
 from .config import DynaQuantConfig
+from .cost import LayerCosts, layer_costs
 from .plan import QuantizationPlan, plan_quantization
 
 __all__ = ["QUANTIZER_OPTIONS", "DynaQuantState", "dynaquant_layers", "dynaquant_state", "dynaquantize"]
@@ -63,13 +64,14 @@ class DynaQuantState(nn.Module):
                     self.selectors[side] = selector(
                         plan.tap_channels[side],
                         len(names),
-                        config.candidate_bits,
+                        config.pairs,
                         hidden=config.selector_hidden,
                         pool=config.selector_pool,
                         dropout=config.selector_dropout,
                     )
         self.layers: Dict[str, List[DynaQuantLayer]] = {ENCODER: [], DECODER: []}
         self.last: Dict[str, Selection] = {}
+        self.costs: Optional[LayerCosts] = None  # set by dynaquantize, for the bit loss
 
     def set_temperature(self, tau: float) -> None:
         """Gumbel-softmax temperature used in training from now on."""
@@ -102,18 +104,22 @@ class DynaQuantState(nn.Module):
         return output
 
     def bits_record(self) -> Dict[str, object]:
-        """The last forward's selection: ``probs`` (N, L, K), ``bits`` (N, L), names, candidates."""
+        """The last forward's selection: ``probs`` and one-hot ``weights`` (N, L, K) over the
+        (weight, activation) ``candidates``, the chosen ``weight_bits``, ``activation_bits`` and
+        ``bits`` (``sqrt(w a)``) (N, L), the layer ``names`` and their ``costs`` (for the bit loss)."""
         sides = [s for s in (ENCODER, DECODER) if s in self.last]
-        return {
-            "probs": torch.cat([self.last[s].probs for s in sides], dim=1),
-            "bits": torch.cat([self.last[s].bits for s in sides], dim=1),
-            "candidates": self.config.candidate_bits,
-            "layers": [name for s in sides for name in self.layer_names[s]],
+        record: Dict[str, object] = {
+            key: torch.cat([getattr(self.last[s], key) for s in sides], dim=1)
+            for key in ("probs", "weights", "bits", "weight_bits", "activation_bits")
         }
+        record.update(candidates=self.config.pairs, layers=[name for s in sides for name in self.layer_names[s]])
+        if self.costs is not None and len(sides) == len([s for s in (ENCODER, DECODER) if self.layer_names[s]]):
+            record["costs"] = self.costs
+        return record
 
     def extra_repr(self) -> str:
         counts = {side: len(names) for side, names in self.layer_names.items()}
-        return f"candidates={self.config.candidate_bits}, dynamic layers={counts}"
+        return f"candidates={list(self.config.pairs)}, dynamic layers={counts}"
 
 
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -139,9 +145,11 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
     if isinstance(getattr(model, "dynaquant", None), DynaQuantState):
         raise ValueError("this model is already dynaquantized")
     plan = plan_quantization(model, config)
+    dynamic = plan.dynamic[ENCODER] + plan.dynamic[DECODER]
+    costs = layer_costs(model, dynamic, {name: config.fixed_bits for name in plan.fixed}) if config.dynamic else None
     options = {name: getattr(config, name) for name in QUANTIZER_OPTIONS}
     modules = dict(model.named_modules())
-    top = max(config.candidate_bits)
+    top = config.pairs[-1]
     swapped: Dict[str, DynaQuantLayer] = {}
     for name in plan.quantized:
         float_module = modules[name]
@@ -150,6 +158,7 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
         swapped[name].dynaquant_name = name  # for error messages
         _replace_module(model, name, swapped[name])
     state = DynaQuantState(config, plan)
+    state.costs = costs
     model.dynaquant = state
     for side in (ENCODER, DECODER):
         state.layers[side] = [swapped[name] for name in plan.dynamic[side]]

@@ -21,22 +21,22 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Uni
 import torch
 from torch import Tensor, nn
 
+from ..nn import Bits
 from .adapters import DECODER, ENCODER
 from .dynaquantize import dynaquant_layers, dynaquant_state
 
-__all__ = ["Profile", "chosen_bits", "freeze", "resolve_profile"]
+__all__ = ["Profile", "chosen_bits", "freeze", "profile_entry", "resolve_profile"]
 
-Profile = Union[str, Mapping[str, int]]
+Profile = Union[str, Mapping[str, Bits]]
 
 
-def chosen_bits(model: nn.Module, images: Iterable[Tensor]) -> Tuple[List[str], List[List[int]]]:
-    """``(dynamic layer names, chosen bits per image)`` of an eval-mode run over ``images``.
-
-    Each image is ``(3, H, W)`` or ``(N, 3, H, W)``; a batch contributes one row per image.
+def chosen_bits(model: nn.Module, images: Iterable[Tensor]) -> Tuple[List[str], List[List[Tuple[int, int]]]]:
+    """``(dynamic layer names, chosen (weight, activation) widths per image)`` of an eval-mode run
+    over ``images``. Each image is ``(3, H, W)`` or ``(N, 3, H, W)``; a batch gives one row per image.
     """
     state = dynaquant_state(model)
     layers: List[str] = []
-    rows: List[List[int]] = []
+    rows: List[List[Tuple[int, int]]] = []
     was_training = model.training
     model.eval()
     try:
@@ -46,33 +46,33 @@ def chosen_bits(model: nn.Module, images: Iterable[Tensor]) -> Tuple[List[str], 
                 if state.last:
                     record = state.bits_record()
                     layers = record["layers"]
-                    rows.extend([[int(b) for b in row] for row in record["bits"].tolist()])
+                    pairs = zip(record["weight_bits"].tolist(), record["activation_bits"].tolist())
+                    rows.extend([[(int(w), int(a)) for w, a in zip(*row)] for row in pairs])
     finally:
         model.train(was_training)
     return layers, rows
 
 
-def _mode_profile(model: nn.Module, images: Iterable[Tensor]) -> Dict[str, int]:
+def _mode_profile(model: nn.Module, images: Iterable[Tensor]) -> Dict[str, Tuple[int, int]]:
     layers, rows = chosen_bits(model, images)
     if not rows:
         raise ValueError('profile "mode" needs at least one image')
     return {name: Counter(row[i] for row in rows).most_common(1)[0][0] for i, name in enumerate(layers)}
 
 
-def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterable[Tensor]] = None) -> Dict[str, int]:
-    """Per-layer bit widths from ``"max"``, ``"min"``, ``"mode"`` or a ``{layer: bits}`` mapping.
+def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterable[Tensor]] = None) -> Dict[str, Tuple[int, int]]:
+    """Per-layer ``(weight, activation)`` widths from ``"max"``, ``"min"``, ``"mode"`` or a mapping.
 
-    A mapping names every dynamic layer (with one of the candidates) and may name fixed layers
-    too, with any width from 2 to 16: a frozen model's own ``dynaquant_profile`` is accepted.
+    A mapping names every dynamic layer (with one of the candidates: a width, or a
+    ``[weight, activation]`` pair) and may name fixed layers too, with any widths from 2 to 16: a
+    frozen model's own ``dynaquant_profile`` is accepted.
     """
     state = dynaquant_state(model)
     names = [n for side in (ENCODER, DECODER) for n in state.layer_names[side]]
-    candidates = state.config.candidate_bits
+    pairs = state.config.pairs
     if isinstance(profile, str):
-        if profile == "max":
-            return {name: max(candidates) for name in names}
-        if profile == "min":
-            return {name: min(candidates) for name in names}
+        if profile in ("max", "min"):
+            return {name: pairs[-1 if profile == "max" else 0] for name in names}
         if profile == "mode":
             if images is None:
                 raise ValueError('profile "mode" needs images=...')
@@ -80,22 +80,35 @@ def resolve_profile(model: nn.Module, profile: Profile, images: Optional[Iterabl
         raise ValueError(f"unknown profile {profile!r}: use 'max', 'min', 'mode' or a mapping")
     if not isinstance(profile, Mapping):
         raise ValueError(f"a profile is 'max', 'min', 'mode' or a {{layer: bits}} mapping, not {type(profile).__name__}")
-    mapping = {str(k): _width(k, v) for k, v in profile.items()}
+    mapping = {str(k): _widths(k, v) for k, v in profile.items()}
     quantized = {name for name, _ in dynaquant_layers(model)}
     unknown = sorted(set(mapping) - quantized)
     missing = sorted(set(names) - set(mapping))
     if unknown or missing:
         raise ValueError(f"profile does not match the model's quantized layers: unknown {unknown}, missing dynamic {missing}")
-    bad = {k: mapping[k] for k in names if mapping[k] not in candidates}
+    bad = {k: mapping[k] for k in names if mapping[k] not in pairs}
     if bad:
-        raise ValueError(f"profile bit widths {bad} are not among the candidates {candidates}")
+        raise ValueError(f"profile bit widths {bad} are not among the candidates {list(pairs)}")
     return mapping
 
 
-def _width(name: object, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or not 2 <= value <= 16:
-        raise ValueError(f"profile: {name}: bit widths are integers from 2 to 16, got {value!r}")
-    return int(value)
+def _widths(name: object, value: object) -> Tuple[int, int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(values) != 2 or not all(_valid_width(v) for v in values):
+        raise ValueError(f"profile: {name}: a width or a [weight, activation] pair of integers from 2 to 16, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def _valid_width(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and int(value) == value and 2 <= value <= 16
+
+
+def profile_entry(weight_bits: int, activation_bits: Optional[int]) -> Bits:
+    """How a profile records a layer's widths: one number when they are equal (or the input is
+    not quantized), else ``[weight, activation]``."""
+    if activation_bits is None or activation_bits == weight_bits:
+        return int(weight_bits)
+    return [int(weight_bits), int(activation_bits)]
 
 
 @contextmanager
@@ -121,8 +134,9 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
 
     Args:
         model: a model returned by :func:`dynaquantize` (left unchanged).
-        profile: ``"max"`` (every dynamic layer at the largest candidate), ``"min"``, ``"mode"``
-            (each layer's most frequent choice over ``images``) or a ``{layer name: bits}`` map.
+        profile: ``"max"`` (every dynamic layer at the most expensive candidate), ``"min"``,
+            ``"mode"`` (each layer's most frequent choice over ``images``) or a ``{layer name:
+            bits}`` map (a width, or a ``[weight, activation]`` pair).
         images: images for ``"mode"``, each ``(3, H, W)`` or ``(N, 3, H, W)``.
 
     Returns:
@@ -141,9 +155,9 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
     del frozen.dynaquant
     frozen.dynaquant_config = state.config
     layers = dict(dynaquant_layers(frozen))
-    for name, b in bits.items():
-        layers[name].set_bit_width(b)
+    for name, (weight, activation) in bits.items():
+        layers[name].set_bit_width(weight, activation)
     for layer in layers.values():
         layer.set_bit_choice(None)
-    frozen.dynaquant_profile = {name: layer.bit_width for name, layer in layers.items()}
+    frozen.dynaquant_profile = {name: profile_entry(*layer.widths) for name, layer in layers.items()}
     return frozen
