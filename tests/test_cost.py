@@ -112,3 +112,46 @@ def test_bit_costs_read_in_bits_and_follow_the_choice(cost):
     loss = bit_loss({"bits": record}, cost)
     loss.backward()
     assert any(p.grad is not None for p in model.dynaquant.parameters())
+
+
+def test_mixed_profile_is_the_brute_force_optimum():
+    import itertools
+
+    from dynaquant_brevitas.transform.mixed import mixed_profile, profile_cost
+    from dynaquant_brevitas.transform.sensitivity import Delta, Sensitivity
+
+    generator = torch.Generator().manual_seed(0)
+    layers, widths = ["a", "b", "c"], [2, 4, 8]
+    rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
+    part = lambda: {n: {b: Delta(0.0, 0.0, rand() * 10 / b) for b in widths} for n in layers}  # noqa: E731
+    sens = Sensitivity(layers, widths, 0.01, Delta(0, 0, 1), part(), part(), {n: 10 + 90 * rand() for n in layers},
+                       {n: int(10 + 90 * rand()) for n in layers})
+    for cost, budget in (("bitops", 4.5), ("bitops", 6.0), ("size", 3.5)):
+        best = min(
+            (dict(zip(layers, choice)) for choice in itertools.product(itertools.product(widths, widths), repeat=3)
+             if profile_cost(sens, dict(zip(layers, choice)), cost) <= budget + 1e-9),
+            key=lambda p: sum(sens.cost(n, *p[n]) for n in layers),
+        )
+        found = mixed_profile(sens, budget, cost)
+        assert profile_cost(sens, found, cost) <= budget + 1e-6
+        assert sum(sens.cost(n, *found[n]) for n in layers) == pytest.approx(sum(sens.cost(n, *best[n]) for n in layers))
+    with pytest.raises(ValueError, match="no profile fits"):
+        mixed_profile(sens, 1.0, "bitops")
+
+
+def test_sensitivity_orders_widths_on_a_trained_model():
+    from pathlib import Path
+
+    from dynaquant_brevitas import load_model
+    from dynaquant_brevitas.io.images import ImageFolderCrops
+    from dynaquant_brevitas.transform.sensitivity import Sensitivity, sensitivity
+
+    repo = Path(__file__).resolve().parents[1]
+    model = load_model(repo / "checkpoints/reference/bmshj2018-factorized-relu-N64-M96-q4.pt")
+    torch.manual_seed(0)
+    crops = ImageFolderCrops(repo / ".." / "shared" / "data" / "train", 64)
+    sens = sensitivity(model, [torch.stack([crops[0], crops[1]])], widths=(2, 8), lmbda=0.013, progress=False)
+    assert sens.layers == ["g_a.0", "g_a.2", "g_a.4", "g_a.6", "g_s.0", "g_s.2", "g_s.4", "g_s.6"]
+    for part in (sens.weight, sens.activation):  # 2 bits hurts far more than 8 everywhere
+        assert all(part[n][2].cost > part[n][8].cost + 0.01 * sens.base.cost for n in sens.layers)
+    assert Sensitivity.from_dict(sens.to_dict()).to_dict() == sens.to_dict()

@@ -251,3 +251,18 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
     summary = train(tiny_config(tmp_path, steps=10_000), time_limit_s=1e-9)
     assert summary["step"] == 1 and "final" not in summary
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+
+
+def test_static_mixed_profile_trains_frozen_and_reloads(tmp_path: Path) -> None:
+    from dynaquant_brevitas import load_model
+
+    profile = {name: [4, 8] for name in ("g_a.2", "g_a.4", "g_a.6", "g_s.2", "g_s.4", "g_s.6")}
+    profile["h_s.4"] = 6  # a fixed layer may be set too
+    out = tmp_path / "mixed"
+    cfg = tiny_config(out, steps=2, quant={"config": {"weight_bits": [4, 8], "activation_bits": [8], "calibration_batches": 1},
+                                           "profile": profile})
+    train(cfg)
+    model = load_model(out / "final.pt")
+    assert not hasattr(model, "dynaquant")
+    assert model.dynaquant_profile["g_a.2"] == [4, 8] and model.dynaquant_profile["h_s.4"] == 6
+    assert model.get_submodule("g_s.4").widths == (4, 8)

@@ -109,3 +109,26 @@ def plot_bit_heatmap(
     ax.set_title(f"Chosen bit widths ({result.get('name', '')}, mean {bits.mean():.2f})")
     fig.colorbar(im, ax=ax, label="bits")
     return _save(fig, output)
+
+
+def plot_sensitivity(sens: Any, output: str | os.PathLike) -> list[Path]:
+    """Heat map of a :class:`~dynaquant_brevitas.transform.sensitivity.Sensitivity`: rows are layers'
+    weights (``w``) and inputs (``a``), columns widths, values the RD-cost increase in percent of
+    the float model's (log colour scale)."""
+    from matplotlib.colors import SymLogNorm
+
+    from ..transform.sensitivity import heatmap_rows
+
+    rows, columns, values = heatmap_rows(sens)
+    data = np.array(values, dtype=float)
+    fig = Figure(figsize=(1.6 + 0.7 * len(columns), 1.0 + 0.22 * len(rows)))
+    ax = fig.subplots()
+    im = ax.imshow(data, aspect="auto", cmap="magma_r", norm=SymLogNorm(linthresh=0.1, vmin=0, vmax=max(1.0, np.nanmax(data))))
+    for (i, j), value in np.ndenumerate(data):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=6, color="white" if value > 10 else "black")
+    ax.set_xticks(range(len(columns)), [f"{c} bits" for c in columns])
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title("RD-cost increase when only this quantizer is on [%]", fontsize=9)
+    fig.colorbar(im, ax=ax, label="% of the float RD cost")
+    return _save(fig, output)

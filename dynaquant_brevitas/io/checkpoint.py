@@ -124,7 +124,7 @@ def make_checkpoint(
 
 def weights_only(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint without optimizer, scheduler and RNG state (small, for distribution)."""
-    keep = ("format", "version", "arch", "model_kwargs", "state_dict", "dynaquant", "train_config", "step")
+    keep = ("format", "version", "arch", "model_kwargs", "state_dict", "dynaquant", "profile", "train_config", "step")
     return {k: checkpoint[k] for k in keep if k in checkpoint}
 
 

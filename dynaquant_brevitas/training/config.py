@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -89,7 +90,10 @@ class TrainSection:
 class QuantSection:
     """Quantization-aware training: ``config`` is a ``DynaQuantConfig`` dict (``None``: float training).
 
-    The loss adds ``gamma * bit_loss`` with the cost ``bit_cost``: ``"layers"`` (the paper's
+    ``profile`` (a ``{layer: bits or [weight, activation]}`` mapping, or a JSON file of one, e.g.
+    from ``dynaquant sensitivity --budget``) trains a static mixed-precision model: the model is
+    frozen to it before training, no selector. Otherwise the loss adds ``gamma * bit_loss`` with
+    the cost ``bit_cost``: ``"layers"`` (the paper's
     average over dynamic layers), ``"bitops"`` (weighted by MACs: the model's average bits in
     BitOPs) or ``"size"`` (weighted by parameters: the model's average weight bits). With
     ``target_bits`` set, ``gamma`` is steered by a proportional-integral controller (gains ``kp``,
@@ -98,6 +102,7 @@ class QuantSection:
     """
 
     config: Optional[dict[str, Any]] = None
+    profile: Optional[Any] = None
     gamma: float = 0.0
     bit_cost: str = "layers"
     target_bits: Optional[float] = None
@@ -125,7 +130,7 @@ MOVED = {
     "quant.calibration_batches": "quant.config.calibration_batches",
 }
 #: path fields resolved against the configuration file's folder
-PATH_KEYS = (("data", "root"), ("train", "init_from"), ("train", "output"))
+PATH_KEYS = (("data", "root"), ("train", "init_from"), ("train", "output"), ("quant", "profile"))
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -206,6 +211,8 @@ class TrainConfig:
             if isinstance(value, bool) or (isinstance(value, (int, float)) and not value > 0):
                 raise ConfigError(f"model.{key} must be positive, got {value!r}")
         dq = self.dynaquant_config()
+        if q.profile is not None and (dq is None or not isinstance(q.profile, (str, dict))):
+            raise ConfigError("quant.profile is a {layer: bits} mapping or a JSON file of one, with quant.config set")
         if q.target_bits is not None:
             if dq is None:
                 raise ConfigError("quant.target_bits needs quant.config (quantization-aware training)")
@@ -217,6 +224,19 @@ class TrainConfig:
             if q.target_bits <= 0:
                 raise ConfigError("quant.target_bits must be positive")
         return self
+
+    def static_profile(self) -> Optional[dict[str, Any]]:
+        """``quant.profile`` as a mapping (read from its JSON file when it is a path)."""
+        profile = self.quant.profile
+        if not isinstance(profile, str):
+            return profile
+        try:
+            data = json.loads(Path(profile).read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"quant.profile: cannot read {profile}: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"quant.profile: {profile} holds no {{layer: bits}} mapping")
+        return data
 
     def dynaquant_config(self) -> Optional[DynaQuantConfig]:
         """The ``DynaQuantConfig`` of ``quant.config`` (``None`` for float training)."""

@@ -44,7 +44,7 @@ from ..io.checkpoint import build_model, load_checkpoint, save_atomic, unwrap, w
 from ..io.files import folder_lock, write_atomic
 from ..io.images import ImageFolderCrops
 from ..quant import calibrate
-from ..transform import dynaquantize
+from ..transform import dynaquantize, freeze
 from .config import ConfigError, TrainConfig
 from .data_order import batches_from, seed_everything
 from .distributed import Dist, init_distributed, mean_across, resolve_device, wrap_ddp
@@ -64,12 +64,16 @@ class TrainingDiverged(ValueError):
 
 
 def dynaquant_prepare(model: nn.Module, cfg: TrainConfig, batches: Optional[Iterator[torch.Tensor]]) -> nn.Module:
-    """The default ``prepare``: float training as is; with ``quant.config``, ``dynaquantize`` and
-    (on a fresh start) calibrate on ``calibration_batches`` training batches."""
+    """The default ``prepare``: float training as is; with ``quant.config``, ``dynaquantize`` (frozen
+    to ``quant.profile`` when one is given) and, on a fresh start, calibrate on
+    ``calibration_batches`` training batches."""
     config = cfg.dynaquant_config()
     if config is None:
         return model
     qmodel = dynaquantize(model, config)
+    profile = cfg.static_profile()
+    if profile is not None:
+        qmodel = freeze(qmodel, profile)  # static mixed precision: no selectors
     if batches is not None:
         device = next(qmodel.parameters()).device
         calibrate(qmodel, [next(batches).to(device) for _ in range(config.calibration_batches)])

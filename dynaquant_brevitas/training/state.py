@@ -122,6 +122,9 @@ def save_state(state: TrainState, cfg: TrainConfig, ctx: Dist, path: Path) -> No
         "rng": rngs,
         "world_size": ctx.world,
     }
+    profile = getattr(unwrap(state.model), "dynaquant_profile", None)
+    if profile is not None:
+        extra["profile"] = dict(profile)  # a static mixed-precision model: rebuilt frozen
     ckpt = make_checkpoint(
         state.model,
         state.arch,

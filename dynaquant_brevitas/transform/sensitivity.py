@@ -128,10 +128,14 @@ def sensitivity(
     quantized.eval()
     layers = dict(dynaquant_layers(quantized))
     macs = layer_macs(model, (1, 3, 64, 64))
+    modules = dict(model.named_modules())
+    floats = [n for n in macs if n not in layers and not any(n.startswith(q + ".") for q in layers)]
     with quantization_disabled(quantized):
         base = _rd(quantized, images, lmbda)
         result = Sensitivity(list(layers), widths, lmbda, base, {}, {}, {n: float(macs.get(n, 0)) for n in layers},
-                             {n: layer.weight.numel() for n, layer in layers.items()}, images=sum(x.shape[0] for x in images))
+                             {n: layer.weight.numel() for n, layer in layers.items()}, images=sum(x.shape[0] for x in images),
+                             extra={"float_macs": float(sum(macs[n] for n in floats)),
+                                    "float_params": float(sum(modules[n].weight.numel() for n in floats))})
         steps = [(n, part, b) for n, layer in layers.items() for part in _proxies(layer) for b in widths]
         for name, part, bits in tqdm(steps, desc="sensitivity", disable=not progress):
             layer = layers[name]
