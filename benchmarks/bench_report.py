@@ -6,6 +6,8 @@ Also imported by the documentation hook (``docs/hooks/generated.py``) to render 
 
 from __future__ import annotations
 
+import warnings
+
 import json
 import math
 from pathlib import Path
@@ -75,7 +77,8 @@ def _float_curve(points: Mapping[int, Mapping[str, Any]]) -> Dict[str, List[floa
 
 def compare_to_float(float_points: Mapping[int, Mapping[str, Any]], points: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
     """BD-rate against float when both curves have 4 points; otherwise null, a reason, and per-quality deltas."""
-    from dynaquant_brevitas.evaluation.metrics import MetricError, bd_rate, rate_difference_at_quality
+    from dynaquant_brevitas.evaluation.metrics import (
+        BDRateWarning, MetricError, bd_rate, quality_overlap, rate_difference_at_quality)
 
     anchor = _float_curve(float_points)
     per_quality = []
@@ -107,9 +110,13 @@ def compare_to_float(float_points: Mapping[int, Mapping[str, Any]], points: Mapp
         )
         return out
     qs = sorted(points)
+    psnr = [points[q]["psnr"] for q in qs]
+    out["bd_rate_overlap"] = quality_overlap(anchor["psnr"], psnr)
     try:
-        out["bd_rate_vs_float_pct"] = bd_rate(anchor["bpp"], anchor["psnr"],
-                                              [points[q]["bpp"] for q in qs], [points[q]["psnr"] for q in qs])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BDRateWarning)
+            out["bd_rate_vs_float_pct"] = bd_rate(anchor["bpp"], anchor["psnr"], [points[q]["bpp"] for q in qs], psnr)
+        out["bd_rate_warning"] = "; ".join(str(w.message) for w in caught if issubclass(w.category, BDRateWarning)) or None
     except MetricError as err:
         out["bd_rate_reason"] = str(err)
     return out

@@ -74,21 +74,51 @@ def bd_rate(
     """Bjontegaard-delta rate in percent of ``test`` against ``anchor`` (positive: test needs more bits).
 
     Uses the ``bjontegaard`` package with Akima interpolation; curves may have different numbers
-    of points.
+    of points. When the curves' quality ranges overlap by less than :data:`MIN_OVERLAP` of their
+    union, the value rests on part of the curves: a :class:`BDRateWarning` says by how much
+    (:func:`quality_overlap` gives the fraction).
     """
     ra, da = _sorted_curve(rate_anchor, dist_anchor)
     rt, dt = _sorted_curve(rate_test, dist_test)
     import bjontegaard
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # reported below in our own words
         try:
-            value = bjontegaard.bd_rate(ra, da, rt, dt, method=method, require_matching_points=False)
+            value = bjontegaard.bd_rate(ra, da, rt, dt, method=method, require_matching_points=False, min_overlap=0)
         except (ValueError, AssertionError) as err:
             raise MetricError(f"cannot compute BD-rate: {err}") from err
     if not np.isfinite(value):
         raise MetricError("BD-rate is not finite: the curves' quality ranges do not overlap")
+    overlap = quality_overlap(dist_anchor, dist_test)
+    if overlap < MIN_OVERLAP:
+        warnings.warn(
+            f"BD-rate over {overlap:.0%} of the curves' joint quality range (less than {MIN_OVERLAP:.0%}): "
+            "it describes part of the curves only",
+            BDRateWarning,
+            stacklevel=2,
+        )
     return float(value)
+
+
+#: the share of the joint quality range below which a BD-rate is reported with a warning
+MIN_OVERLAP = 0.75
+
+
+class BDRateWarning(UserWarning):
+    """A BD-rate computed over a small part of the curves' quality range."""
+
+
+def quality_overlap(dist_anchor: Sequence[float], dist_test: Sequence[float]) -> float:
+    """The shared part of two curves' quality ranges, as a fraction of their union (1: the same range).
+
+    Example:
+        >>> quality_overlap([30, 32, 34, 36], [31, 33, 35, 37])
+        0.7142857142857143
+    """
+    low, high = max(min(dist_anchor), min(dist_test)), min(max(dist_anchor), max(dist_test))
+    total = max(max(dist_anchor), max(dist_test)) - min(min(dist_anchor), min(dist_test))
+    return max(high - low, 0.0) / total if total > 0 else 1.0
 
 
 def rate_difference_at_quality(
