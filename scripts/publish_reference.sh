@@ -30,4 +30,4 @@ echo "$NAME: step $STEP"
     --description "dynaquant train on ../shared/data/train, $STEP steps of batch 8x128px; real bitstreams, CPU" \
     2>&1 | grep -v -i -E "warn|^W[0-9]{4} " | tail -2
 (cd checkpoints/reference && sha256sum -- *.pt *.kodak.json > SHA256SUMS)
-(cd checkpoints/resume && sha256sum -- *.pt > SHA256SUMS)
+(cd checkpoints/resume && if ls -- *.pt >/dev/null 2>&1; then sha256sum -- *.pt > SHA256SUMS; else rm -f SHA256SUMS; fi)

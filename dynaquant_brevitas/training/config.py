@@ -97,7 +97,10 @@ class QuantSection:
     average over dynamic layers), ``"bitops"`` (weighted by MACs: the model's average bits in
     BitOPs) or ``"size"`` (weighted by parameters: the model's average weight bits). With
     ``target_bits`` set, ``gamma`` is steered by a proportional-integral controller (gains ``kp``,
-    ``ki``) on the moving average (factor ``bits_ema``) of the chosen bits under the same cost. The selectors' Gumbel-softmax temperature decays
+    ``ki``) on the moving average (factor ``bits_ema``) of the chosen bits under the same cost.
+    ``diversity`` rewards choices that depend on the image (the mutual information between image
+    and choice, :func:`~dynaquant_brevitas.training.loss.choice_information`); ``selector_lr``
+    gives the selectors their own learning rate (default: ``train.lr``). The selectors' Gumbel-softmax temperature decays
     exponentially from ``tau_start`` to ``tau_end`` over ``tau_decay_steps`` steps.
     """
 
@@ -105,6 +108,8 @@ class QuantSection:
     profile: Optional[Any] = None
     gamma: float = 0.0
     bit_cost: str = "layers"
+    diversity: float = 0.0
+    selector_lr: Optional[float] = None
     target_bits: Optional[float] = None
     tau_start: float = 2.0
     tau_end: float = 0.5
@@ -198,6 +203,8 @@ class TrainConfig:
                 "MS-SSIM needs data.patch_size > 160 (5 scales, 11-px window)",
             ),
             (q.gamma >= 0, "quant.gamma must be >= 0"),
+            (q.diversity >= 0, "quant.diversity must be >= 0"),
+            (q.selector_lr is None or q.selector_lr > 0, "quant.selector_lr must be positive"),
             (q.bit_cost in BIT_COSTS, f"quant.bit_cost must be one of {', '.join(BIT_COSTS)}, not {q.bit_cost!r}"),
             (q.tau_start > 0 and q.tau_end > 0, "quant.tau_start and quant.tau_end must be positive"),
             (q.tau_decay_steps > 0, "quant.tau_decay_steps must be positive"),

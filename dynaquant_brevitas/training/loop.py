@@ -91,11 +91,11 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     state.optimizer.zero_grad(set_to_none=True)
     state.aux_optimizer.zero_grad(set_to_none=True)
     out = model(x)
-    terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma, cfg.quant.bit_cost)
+    terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma, cfg.quant.bit_cost, cfg.quant.diversity)
     _check_finite(state, cfg, {k: v for k, v in terms.items() if k in ("loss", "bpp", "mse")})
     terms["loss"].backward()
     if cfg.train.clip_max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(state.optimizer.param_groups[0]["params"], cfg.train.clip_max_norm)
+        torch.nn.utils.clip_grad_norm_([p for g in state.optimizer.param_groups for p in g["params"]], cfg.train.clip_max_norm)
     state.optimizer.step()
     aux = unwrap(model).aux_loss()
     _check_finite(state, cfg, {"aux": aux})

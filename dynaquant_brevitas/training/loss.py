@@ -18,7 +18,7 @@ from pytorch_msssim import ms_ssim
 from ..transform import bit_cost as cost_of_choices
 from ..transform import bit_loss
 
-__all__ = ["GammaController", "bpp_of", "rd_loss"]
+__all__ = ["GammaController", "bpp_of", "choice_information", "rd_loss"]
 
 
 def bpp_of(out: Mapping[str, Any], num_pixels: int) -> torch.Tensor:
@@ -33,12 +33,15 @@ def rd_loss(
     metric: str = "mse",
     gamma: float = 0.0,
     bit_cost: str = "layers",
+    diversity: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Rate-distortion(-bits) loss terms; ``loss`` is the one to minimise.
 
     With dynamic layers, ``bits`` is the bit loss under ``bit_cost`` (``"layers"``, ``"bitops"`` or
     ``"size"``, see :mod:`~dynaquant_brevitas.transform.cost`) and ``chosen_bits`` what the
     choices made cost under the same definition (what a bit target is measured against).
+    ``information`` is the mutual information between image and choice (:func:`choice_information`);
+    ``diversity`` weighs it as a reward.
 
     >>> x = torch.rand(1, 3, 8, 8)
     >>> out = {"x_hat": x, "likelihoods": {"y": torch.full((1, 4, 2, 2), 0.5)}}
@@ -57,8 +60,23 @@ def rd_loss(
     if isinstance(record, Mapping) and record.get("layers"):
         terms["bits"] = bit_loss(out, bit_cost)
         terms["chosen_bits"] = cost_of_choices(record, bit_cost, hard=True).mean()
-        terms["loss"] = terms["loss"] + gamma * terms["bits"]
+        terms["information"] = choice_information(record["probs"])
+        terms["loss"] = terms["loss"] + gamma * terms["bits"] - diversity * terms["information"]
     return terms
+
+
+def choice_information(probs: torch.Tensor) -> torch.Tensor:
+    """Mutual information in bits between the image and the choice, averaged over layers:
+    ``H(mean_n p_n) - mean_n H(p_n)`` for ``probs`` (N, L, K). 0 when every image gets the same
+    distribution; high when each image is confident and the images differ.
+
+    >>> round(float(choice_information(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))), 3)
+    1.0
+    """
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log2(p.clamp_min(1e-12))).sum(-1)
+
+    return (entropy(probs.mean(0)) - entropy(probs).mean(0)).mean()
 
 
 class GammaController:

@@ -95,7 +95,13 @@ def _lr_lambda(cfg: TrainConfig):
 
 def make_state(model: nn.Module, cfg: TrainConfig, arch: str, kwargs: dict[str, Any]) -> TrainState:
     main, aux = split_parameters(model)
-    optimizer = torch.optim.Adam(main, lr=cfg.train.lr)
+    selectors = {id(p) for name, p in model.named_parameters() if ".selectors." in f".{name}"}
+    groups = [{"params": [p for p in main if id(p) not in selectors]}]
+    if cfg.quant.selector_lr is not None and selectors:
+        groups.append({"params": [p for p in main if id(p) in selectors], "lr": cfg.quant.selector_lr})
+    else:
+        groups[0]["params"] = main
+    optimizer = torch.optim.Adam(groups, lr=cfg.train.lr)
     aux_optimizer = torch.optim.Adam(aux, lr=cfg.train.aux_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     q = cfg.quant

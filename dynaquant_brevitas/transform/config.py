@@ -27,7 +27,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
@@ -50,9 +50,9 @@ class DynaQuantConfig:
         weight_bits, activation_bits: widths for weights and for inputs apart; when either is set,
             the candidates are every (weight, activation) pair of the two sets (the one not set
             takes ``candidate_bits``). See :attr:`pairs`.
-        fixed_bits: bit width of the fixed-precision layers: the first module of the analysis and
-            synthesis transforms (the selectors' feature taps), the hyper transforms and the
-            entropy-parameter networks.
+        fixed_bits: bit width (or (weight, activation) pair) of the fixed-precision layers: the
+            first module of the analysis and synthesis transforms (the selectors' feature taps),
+            the hyper transforms and the entropy-parameter networks.
         quantize_activations: quantize every quantized layer's input as well as its weights.
         rounding: rounding estimator name (``"dgm"`` or ``"ste"``, or one added by a plugin).
         selector: bit-width selector name (``"mlp"``, the paper's pooled-statistics MLP, or one
@@ -85,7 +85,7 @@ class DynaQuantConfig:
     candidate_bits: Tuple[int, ...] = (4, 6, 8)
     weight_bits: Optional[Tuple[int, ...]] = None
     activation_bits: Optional[Tuple[int, ...]] = None
-    fixed_bits: int = 8
+    fixed_bits: Union[int, Tuple[int, int]] = 8
     quantize_activations: bool = True
     rounding: str = "dgm"
     beta: float = 1.0
@@ -109,7 +109,14 @@ class DynaQuantConfig:
             if name == "candidate_bits" or getattr(self, name) is not None:
                 object.__setattr__(self, name, _normalise_bits(getattr(self, name), name))
         object.__setattr__(self, "float_modules", tuple(self.float_modules))
-        _check_bits("fixed_bits", self.fixed_bits)
+        if isinstance(self.fixed_bits, (list, tuple)):
+            if len(self.fixed_bits) != 2:
+                raise ValueError(f"fixed_bits: one width or a (weight, activation) pair, got {self.fixed_bits!r}")
+            for b in self.fixed_bits:
+                _check_bits("fixed_bits", b)
+            object.__setattr__(self, "fixed_bits", tuple(int(b) for b in self.fixed_bits))
+        else:
+            _check_bits("fixed_bits", self.fixed_bits)
         for field_name, kind in (("rounding", "estimator"), ("selector", "selector")):
             try:  # registered names, built in or from plugins
                 lookup(kind, getattr(self, field_name))
@@ -155,7 +162,7 @@ class DynaQuantConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown DynaQuantConfig field(s): {', '.join(unknown)}")
-        for name in ("candidate_bits", "weight_bits", "activation_bits", "float_modules"):
+        for name in ("candidate_bits", "weight_bits", "activation_bits", "float_modules", "fixed_bits"):
             if name in data and isinstance(data[name], (list, tuple)):
                 data[name] = tuple(data[name])
         return cls(**data)
