@@ -59,6 +59,8 @@ class DynaQuantConfig:
             added by a plugin).
         beta: DGM sharpness (``> 0``).
         learn_range: learn the per-channel ranges (the quantizers' scales) (otherwise they stay at their calibration).
+        activation_percentile: the percentile (of each channel's values, in (50, 100]) that
+            calibration sets an activation range to; 100 is the maximum (nothing clipped).
         learn_offset: learn per-channel activation offsets. On the reference ScaleHyperprior they
             cost rate-distortion at 8 bits (BD-rate +1.96 % with, +0.06 % without, in
             ``benchmarks/results/summary.md``): prefer ``False`` for GDN codecs.
@@ -90,6 +92,7 @@ class DynaQuantConfig:
     rounding: str = "dgm"
     beta: float = 1.0
     learn_range: bool = True
+    activation_percentile: float = 99.99
     learn_offset: bool = True
     activation_per_channel: bool = True
     weight_offset: bool = False
@@ -123,6 +126,8 @@ class DynaQuantConfig:
             except ValueError as error:
                 raise ValueError(f"{field_name}: {error}") from None
         _check_positive("beta", self.beta)
+        if not isinstance(self.activation_percentile, (int, float)) or not 50 < self.activation_percentile <= 100:
+            raise ValueError(f"activation_percentile: must be in (50, 100], got {self.activation_percentile!r}")
         _check_count("selector_hidden", self.selector_hidden, minimum=1)
         _check_count("selector_pool", self.selector_pool, minimum=1)
         _check_count("calibration_batches", self.calibration_batches, minimum=0)

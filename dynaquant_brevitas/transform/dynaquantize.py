@@ -41,6 +41,7 @@ QUANTIZER_OPTIONS = (
     "beta",
     "quantize_activations",
     "learn_range",
+    "activation_percentile",
     "learn_offset",
     "activation_per_channel",
     "weight_offset",
