@@ -78,11 +78,29 @@ def machine_line(info: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- bits and sizes
 
 
+def stock_widths(model: nn.Module) -> Dict[str, Tuple[float, float]]:
+    """``(weight, input)`` widths of Brevitas's stock quantized layers (the ``brevitas-int8`` baseline),
+    read from their quantizers: ``transform.cost`` asks these layers for ``quant_input_bit_width()``,
+    which Brevitas 0.13 no longer has, so the benchmark passes them as a profile."""
+    from dynaquant_brevitas.nn import StaticWidths
+
+    widths = {}
+    for name, module in model.named_modules():
+        proxy = getattr(module, "weight_quant", None)
+        if isinstance(module, StaticWidths) or proxy is None or not getattr(proxy, "is_quant_enabled", False):
+            continue
+        act = getattr(module, "input_quant", None)
+        act_bits = float(act.bit_width()) if act is not None and getattr(act, "is_quant_enabled", False) else 32.0
+        widths[name] = (float(module.quant_weight().bit_width), act_bits)
+    return widths
+
+
 def bit_figures(model: nn.Module, macs: Mapping[str, int], profile: Optional[Mapping[str, float]]) -> Dict[str, float]:
-    """``bits_per_param``, ``bits_bitops``, ``bitops_ratio`` (:func:`~dynaquant_brevitas.transform.cost.average_bits`)."""
+    """``bits_per_param``, ``avg_activation_bits``, ``bits_bitops``, ``bitops_ratio``
+    (:func:`~dynaquant_brevitas.transform.cost.average_bits`)."""
     from dynaquant_brevitas.transform.cost import average_bits
 
-    return average_bits(model, macs, profile)
+    return average_bits(model, macs, {**stock_widths(model), **(profile or {})})
 
 
 def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
@@ -112,7 +130,7 @@ def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) 
         out["model_size_estimate_bytes"] = model_size_bytes(model, mean)
     else:
         packed = pack_model(model, folder / "model.dqpk")
-        out["model_size_estimate_bytes"] = model_size_bytes(model)
+        out["model_size_estimate_bytes"] = model_size_bytes(model, stock_widths(model))
     out["packed_size_bytes"] = packed.size_bytes
     out["packed"] = {k: v for k, v in packed.to_dict().items() if k != "layers"}
     out["packed"]["layer_bits"] = {k: v[0] for k, v in packed.layers.items()}
@@ -305,3 +323,70 @@ def read_size(path: Path) -> Tuple[int, int]:
 
     with Image.open(path) as img:
         return img.size
+
+
+# --------------------------------------------------------------------------- oracle bound
+
+
+def _padded_64(x: torch.Tensor) -> torch.Tensor:
+    """``x`` padded (replicating its border) to sides that are multiples of 64."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % 64, (-w) % 64
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+
+@torch.no_grad()
+def _selector_rd(model: nn.Module, images: List[torch.Tensor], lmbda: float) -> float:
+    """Mean RD cost ``bpp + lambda 255^2 MSE`` (estimated rate) with the selector choosing per image."""
+    total = 0.0
+    for x in images:
+        out = model(x)
+        bpp = float(sum(torch.log2(lik).sum() for lik in out["likelihoods"].values())) / -(x.shape[2] * x.shape[3])
+        total += bpp + lmbda * 255**2 * float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2))
+    return total / len(images)
+
+
+def oracle_figures(model: nn.Module, point: Mapping[str, Any], images: List[Path], lmbda: float, cost: str,
+                   max_profiles: int = 8) -> Dict[str, Any]:
+    """The per-image oracle against the best single profile
+    (:func:`dynaquant_brevitas.evaluation.oracle.oracle_bound`) for a dynamic model, at the average
+    cost (``"bitops"`` or ``"size"``) of its own per-image choices on ``images``.
+
+    The profiles: the ``max_profiles`` most frequent per-image choices of the evaluation
+    (``point``'s records) and every candidate pair applied to all dynamic layers.
+    """
+    from collections import Counter
+
+    from dynaquant_brevitas.evaluation.oracle import oracle_bound
+    from dynaquant_brevitas.io.images import read_image
+    from dynaquant_brevitas.transform.cost import average_bits, layer_macs
+
+    layers = point["evaluation"]["summary"]["layers"]
+    records = point["evaluation"]["per_image"]
+    chosen = [tuple(zip(r["layer_bits"], r.get("layer_activation_bits", r["layer_bits"]))) for r in records]
+    frequent = [p for p, _ in Counter(chosen).most_common(max_profiles)]
+    uniform = [tuple([tuple(pair)] * len(layers)) for pair in model.dynaquant.config.pairs]
+    profiles = list(dict.fromkeys(frequent + uniform))
+    key = "bits_per_param" if cost == "size" else "bits_bitops"
+    macs = layer_macs(model, (1, 3, 64, 64))
+    per_image_cost = [average_bits(model, macs, dict(zip(layers, p)))[key] for p in chosen]
+    budget = sum(per_image_cost) / len(per_image_cost)
+    tensors = [_padded_64(read_image(p)) for p in images]
+    mappings = [{name: list(pair) for name, pair in zip(layers, p)} for p in profiles]
+    bound = oracle_bound(model, tensors, mappings, lmbda, budget, key)
+    return {
+        "cost": key,
+        "budget": budget,
+        "images": [p.name for p in images],
+        "profiles": len(profiles),
+        "profiles_from_choices": len(frequent),
+        "distinct_choices": len(set(chosen)),
+        "oracle_gain_pct": bound["oracle_gain_pct"],
+        "single_rd": bound["single"]["rd"],
+        "oracle_rd": bound["oracle"]["rd"],
+        "selector_rd": _selector_rd(model.eval(), tensors, lmbda),
+        "single_cost": bound["single_cost"],
+        "oracle_cost": bound["oracle_cost"],
+        "images_off_single": bound["images_off_single"],
+        "bound": {k: v for k, v in bound.items() if k != "per_image_rd"},
+    }

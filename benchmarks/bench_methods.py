@@ -3,9 +3,15 @@
 Every quantization-aware method starts from the same float reference checkpoint and is
 fine-tuned with the same steps, learning rate, data and data order by the library's own loop
 (``dynaquant_brevitas.training.train``); Brevitas's stock quantizers come in through its
-``prepare`` argument.
-The fixed-precision layers (first module of ``g_a``/``g_s``, hyper transforms) stay at 8 bits
-in every quantized method; GDN/IGDN and the entropy models stay float (the plan of
+``prepare`` argument. Static mixed-precision methods first choose one (weight, activation) width
+pair per layer from the reference's layer sensitivities (``transform.sensitivity`` on seeded
+training crops, measured once per reference and cached; ``transform.mixed.mixed_profile`` at the
+budget) and are then fine-tuned frozen to that profile (``quant.profile``). Post-training methods
+are not trained: ``transform.ptq.ptq`` (range search, bias correction) or plain calibration.
+
+The fixed-precision layers (first module of ``g_a``/``g_s``, hyper transforms) stay at 8 bits in
+every quantized method but the mixed ones, whose profile covers every quantized layer (as
+``dynaquant sensitivity --budget`` does); GDN/IGDN and the entropy models stay float (the plan of
 ``dynaquant_brevitas.transform.plan_quantization``).
 """
 
@@ -13,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +33,11 @@ from torch import nn
 from dynaquant_brevitas.io.checkpoint import load_checkpoint
 from dynaquant_brevitas.training import FINAL, LAST, TrainConfig, train
 from dynaquant_brevitas.transform import DynaQuantConfig
+
+#: kinds whose model comes out of ``train()``
+TRAINED_KINDS = ("float-ft", "dynaquant", "brevitas", "mixed")
+#: kinds whose model is built once, without training, and saved like a trained one
+POST_TRAINING_KINDS = ("calibrated", "ptq")
 
 
 @dataclass(frozen=True)
@@ -34,12 +47,17 @@ class Method:
     Attributes:
         name: the row's name.
         kind: ``float`` (the reference itself), ``float-ft`` (the reference fine-tuned in float with
-            the same recipe as the quantized methods: the fair anchor), ``dynaquant`` (``dynaquantize`` + QAT with
-            ``train()``), ``brevitas`` (Brevitas's stock int8 quantizers + QAT) or ``ptq``
-            (``dynaquantize`` + calibration, no training).
+            the same recipe as the quantized methods: the fair anchor), ``dynaquant`` (``dynaquantize``
+            + QAT with ``train()``), ``brevitas`` (Brevitas's stock int8 quantizers + QAT), ``mixed``
+            (a static mixed-precision profile from the layer sensitivities, then QAT frozen to it),
+            ``ptq`` (``transform.ptq.ptq``, no training) or ``calibrated`` (``dynaquantize`` +
+            calibration on training batches, no training).
         description: one line for the tables.
-        quant: ``DynaQuantConfig`` fields (``dynaquant`` and ``ptq`` kinds).
-        schedule: training settings of the ``quant`` section (e.g. ``target_bits``).
+        quant: ``DynaQuantConfig`` fields (every kind but ``float``, ``float-ft`` and ``brevitas``).
+        schedule: training settings of the ``quant`` section (``bit_cost``, ``target_bits``).
+        mixed: ``mixed`` kind: ``budget`` and ``cost`` (``"bitops"`` or ``"size"``) of
+            ``transform.mixed.mixed_profile``; the widths are the config's ``weight_bits`` and
+            ``activation_bits``.
     """
 
     name: str
@@ -47,25 +65,42 @@ class Method:
     description: str
     quant: Dict[str, Any] = field(default_factory=dict)
     schedule: Dict[str, Any] = field(default_factory=dict)
+    mixed: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
-        return self.kind in ("float-ft", "dynaquant", "brevitas")
+        return self.kind in TRAINED_KINDS
+
+    @property
+    def config(self) -> Optional[DynaQuantConfig]:
+        return DynaQuantConfig.from_dict(self.quant) if self.quant else None
 
     @property
     def dynamic(self) -> bool:
-        return len(self.quant.get("candidate_bits", ())) > 1
+        """A per-image selector chooses the widths (a dynamic configuration, not frozen)."""
+        return self.kind == "dynaquant" and self.config is not None and self.config.dynamic
 
     def spec(self) -> Dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "quant": self.quant, "schedule": self.schedule}
+        spec = {"name": self.name, "kind": self.kind, "quant": self.quant, "schedule": self.schedule}
+        if self.mixed:
+            spec["mixed"] = self.mixed
+        return spec
 
 
-def _dq(candidates, **extra) -> Dict[str, Any]:
-    return {"candidate_bits": list(candidates), "fixed_bits": 8, **extra}
+def _dq(candidates=(8,), **extra) -> Dict[str, Any]:
+    """A ``DynaQuantConfig`` dict; ``learn_offset`` is stated, so that a row keeps its meaning
+    whatever the library's default becomes."""
+    return {"candidate_bits": list(candidates), "fixed_bits": 8, "learn_offset": True, **extra}
 
 
-def _target(bits: float) -> Dict[str, Any]:
-    return {"target_bits": bits}
+def _target(bits: float, cost: str = "layers") -> Dict[str, Any]:
+    return {"target_bits": bits} if cost == "layers" else {"bit_cost": cost, "target_bits": bits}
+
+
+#: the widths static mixed precision chooses from
+MIXED_WEIGHTS, MIXED_ACTIVATIONS = [2, 3, 4, 5, 6, 8], [4, 5, 6, 8]
+#: ``transform.ptq``'s recommended quantizers: integer zero points, no learned offsets
+_PTQ = {"learn_offset": False, "integer_zero_point": True}
 
 
 METHODS: List[Method] = [
@@ -86,6 +121,26 @@ METHODS: List[Method] = [
            "DynaQuant static int8 with one activation step per tensor (integer kernels in onnxruntime, exact FINN path)",
            _dq((8,), activation_per_channel=False)),
     Method("dynaquant-int6", "dynaquant", "DynaQuant static int6: content-aware scale and offset, DGM", _dq((6,))),
+    Method("static-w6a8", "dynaquant", "DynaQuant static, 6-bit weights and 8-bit activations, DGM",
+           _dq((8,), weight_bits=[6], activation_bits=[8])),
+    Method("static-w4a8", "dynaquant", "DynaQuant static, 4-bit weights and 8-bit activations, DGM",
+           _dq((8,), weight_bits=[4], activation_bits=[8])),
+    Method("mixed-bitops6", "mixed",
+           "static mixed precision at 6.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8} x "
+           "activations {4,5,6,8}, fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 6.0, "cost": "bitops"}),
+    Method("mixed-bitops5", "mixed",
+           "static mixed precision at 5.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8} x "
+           "activations {4,5,6,8}, fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 5.0, "cost": "bitops"}),
+    Method("mixed-w5.5-a8", "mixed",
+           "static mixed precision at 5.5 average weight bits (size) from the layer sensitivities, weights {2,3,4,5,6,8}, "
+           "activations 8, fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 5.5, "cost": "size"}),
+    Method("mixed-w4.5-a8", "mixed",
+           "static mixed precision at 4.5 average weight bits (size) from the layer sensitivities, weights {2,3,4,5,6,8}, "
+           "activations 8, fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 4.5, "cost": "size"}),
     Method("dynaquant-dyn-468-t6", "dynaquant", "DynaQuant dynamic {4,6,8}, target 6.0 bits",
            _dq((4, 6, 8)), _target(6.0)),
     Method("dynaquant-dyn-468-t5", "dynaquant", "DynaQuant dynamic {4,6,8}, target 5.0 bits",
@@ -94,9 +149,28 @@ METHODS: List[Method] = [
            _dq((6, 8, 10)), _target(7.0)),
     Method("dynaquant-dyn-6810-t8", "dynaquant", "DynaQuant dynamic {6,8,10}, target 8.0 bits",
            _dq((6, 8, 10)), _target(8.0)),
+    # Targets inside the reachable range (reachable_bits): with the fixed layers at 8 bits, weights
+    # {4,6,8} x activations {8} reach 5.99-8.0 BitOPs bits on ScaleHyperprior(64, 96), {3,4,6,8} x {6,8}
+    # 4.86-8.0. The "layers" variants aim at the same BitOPs bits: the layer average b with
+    # b^2 (1 - f) + 64 f = target^2, f = 0.122 the fixed layers' share of the MACs.
+    Method("dyn-w468-a8-bitops7", "dynaquant",
+           "DynaQuant dynamic, weights {4,6,8} x activations {8}, BitOPs bit cost, target 7.0 average bits (BitOPs)",
+           _dq((8,), weight_bits=[4, 6, 8], activation_bits=[8]), _target(7.0, "bitops")),
+    Method("dyn-w468-a8-layers7", "dynaquant",
+           "DynaQuant dynamic, weights {4,6,8} x activations {8}, layer-average bit cost, target 6.85 "
+           "(7.0 BitOPs bits at an even choice)",
+           _dq((8,), weight_bits=[4, 6, 8], activation_bits=[8]), _target(6.85)),
+    Method("dyn-w3468-a68-bitops6", "dynaquant",
+           "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, BitOPs bit cost, target 6.0 average bits (BitOPs)",
+           _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8]), _target(6.0, "bitops")),
+    Method("dyn-w3468-a68-layers6", "dynaquant",
+           "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "
+           "(6.0 BitOPs bits at an even choice)",
+           _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8]), _target(5.67)),
     Method("ablation-int8-ste", "dynaquant", "ablation: DynaQuant int8 with STE instead of DGM",
            _dq((8,), rounding="ste")),
-    Method("ablation-int8-no-offset", "dynaquant", "ablation: DynaQuant int8 without learned offsets",
+    Method("ablation-int8-no-offset", "dynaquant", "ablation: DynaQuant int8 without learned offsets "
+           "(the recommended int8 setting for GDN codecs; also selected as dynaquant-int8-nooffset)",
            _dq((8,), learn_offset=False)),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_range=False)),
@@ -104,34 +178,50 @@ METHODS: List[Method] = [
            _dq((6,), rounding="ste")),
     Method("dynaquant-int6-beta4", "dynaquant", "DynaQuant static int6 with a sharper DGM (beta 4 instead of 1)",
            _dq((6,), beta=4.0)),
-    Method("ptq-int8", "ptq", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
+    Method("ptq-int8", "calibrated", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
+    Method("ptq-w8a8", "ptq", "post-training quantization (transform.ptq: output-error range search, bias correction), "
+           "8-bit weights and activations, no fine-tuning", _dq((8,), **_PTQ)),
+    Method("ptq-w6a8", "ptq", "post-training quantization (transform.ptq), 6-bit weights and 8-bit activations, "
+           "no fine-tuning", _dq((8,), weight_bits=[6], activation_bits=[8], **_PTQ)),
 ]
 
 BY_NAME = {m.name: m for m in METHODS}
+#: other names that select a method (the row keeps the method's own name)
+ALIASES = {"dynaquant-int8-nooffset": "ablation-int8-no-offset"}
 
 
 def select(names: Optional[str]) -> List[Method]:
     """The methods named in a comma-separated list (all when ``None`` or ``"all"``), in table order."""
     if not names or names.strip() == "all":
         return list(METHODS)
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    wanted = [ALIASES.get(n.strip(), n.strip()) for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in BY_NAME]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(BY_NAME)}")
+        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(BY_NAME)} (aliases: {', '.join(ALIASES)})")
     return [m for m in METHODS if m.name in wanted]
+
+
+def key_of(*parts: Any) -> str:
+    """A short digest of JSON-able parts: the cache keys of ``benchmarks/run.py``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- training configs
 
 
-def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any], output: Path) -> TrainConfig:
-    """The ``TrainConfig`` of one (method, quality): identical for every method but ``quant.config``."""
+def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any], output: Path,
+                 profile: Optional[Dict[str, Any]] = None, progress: bool = True) -> TrainConfig:
+    """The ``TrainConfig`` of one (method, quality, seed): identical for every method but the
+    ``quant`` section (``profile``: a mixed method's static profile)."""
     steps = int(train["steps"])
     quant: Dict[str, Any] = {"config": None}
-    if method.kind in ("dynaquant", "ptq"):
+    if method.quant:
         config = dict(method.quant, calibration_batches=int(train["calibration_batches"]))
         quant = {"config": config, **method.schedule}
-        if len(config["candidate_bits"]) > 1:
+        if profile is not None:
+            quant["profile"] = {name: list(widths) if isinstance(widths, (list, tuple)) else widths
+                                for name, widths in profile.items()}
+        elif DynaQuantConfig.from_dict(config).dynamic:
             # the Gumbel temperature reaches its end value at 80 % of the run, as in configs/dynaquant
             quant["tau_decay_steps"] = max(1, int(0.8 * steps))
     return TrainConfig.from_dict(
@@ -154,12 +244,123 @@ def train_config(method: Method, reference: Dict[str, Any], train: Dict[str, Any
                 "output": str(output),
                 "device": "cpu",
                 "threads": 1,
-                "progress": False,
+                "progress": progress,
             },
             "quant": quant,
         }
     )
 
+
+# --------------------------------------------------------------------------- reachable bits
+
+
+def reachable_bits(float_model: nn.Module, method: Method, input_shape=(1, 3, 512, 768)) -> Dict[str, Tuple[float, float]]:
+    """The average bits a quantized ``method`` can reach on ``float_model``: ``{"bitops": (low,
+    high), "size": (low, high)}``, the dynamic layers at their cheapest and dearest candidate, the
+    fixed ones at ``fixed_bits`` and the float compute layers at 32 (``transform.cost``'s definitions)."""
+    from dynaquant_brevitas.transform import plan_quantization
+    from dynaquant_brevitas.transform.cost import layer_macs
+
+    config = method.config
+    plan = plan_quantization(float_model, config)
+    macs = layer_macs(float_model, input_shape)
+    modules = dict(float_model.named_modules())
+    dynamic = {n for side in plan.dynamic.values() for n in side}
+    fixed = set(plan.fixed)
+    cheap, dear = min(config.pairs, key=lambda p: p[0] * p[1]), max(config.pairs, key=lambda p: p[0] * p[1])
+    fixed_pair = _pair(config.fixed_bits)
+    out = {}
+    for label, pair in (("low", cheap), ("high", dear)):
+        bitops = weight = params = 0.0
+        for name, count in macs.items():
+            w, a = pair if name in dynamic else fixed_pair if name in fixed else (32, 32)
+            bitops += count * w * a
+            weight += modules[name].weight.numel() * w
+            params += modules[name].weight.numel()
+        out[label] = (math.sqrt(bitops / sum(macs.values())), weight / params)
+    return {"bitops": (out["low"][0], out["high"][0]), "size": (out["low"][1], out["high"][1])}
+
+
+def _pair(bits: Any) -> Tuple[int, int]:
+    return tuple(bits) if isinstance(bits, (list, tuple)) else (bits, bits)
+
+
+def check_target(float_model: nn.Module, method: Method) -> Optional[Tuple[float, float]]:
+    """Refuse a dynamic method whose BitOPs or size target lies outside what it can reach;
+    returns that range (``None`` for other methods)."""
+    cost = method.schedule.get("bit_cost", "layers")
+    target = method.schedule.get("target_bits")
+    if not method.dynamic or target is None or cost == "layers":
+        return None
+    low, high = reachable_bits(float_model, method)[cost]
+    if not low + 0.05 <= target <= high:
+        raise ValueError(f"{method.name}: target {target} {cost} bits is outside the reachable range "
+                         f"[{low:.2f}, {high:.2f}] (fixed layers at {_pair(method.config.fixed_bits)} bits)")
+    return low, high
+
+
+# --------------------------------------------------------------------------- training crops
+
+
+def training_images(root: str, count: int, seed: int) -> List[torch.Tensor]:
+    """``count`` training images (distinct while the folder has enough), drawn with ``seed``, as
+    ``(3, H, W)`` floats: what sensitivity and post-training quantization draw their crops from
+    (not the whole folder, which would take gigabytes as floats)."""
+    from dynaquant_brevitas.io.images import list_images, read_image_uint8
+
+    files = list_images(root)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    picked = [files[order[i % len(files)]] for i in range(min(count, len(files)))]
+    return [read_image_uint8(f).float().div_(255.0) for f in picked]
+
+
+def training_crops(root: str, count: int, size: int, seed: int) -> List[torch.Tensor]:
+    """``count`` seeded ``(1, 3, size, size)`` crops of the training images
+    (``transform.ptq.calibration_crops``; smaller images are padded)."""
+    from dynaquant_brevitas.transform.ptq import calibration_crops
+
+    images = training_images(root, count, seed)
+    return calibration_crops(images, count, size, torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- static mixed precision
+
+
+def sensitivity_of(reference: Dict[str, Any], settings: Dict[str, Any], data: str, work: Path) -> Any:
+    """The layer sensitivities of a float reference on seeded training crops, cached under
+    ``work/sensitivity`` (keyed by the reference's SHA-256, the widths, crops and data)."""
+    from dynaquant_brevitas.io.checkpoint import load_model
+    from dynaquant_brevitas.transform.sensitivity import Sensitivity, sensitivity
+
+    widths = sorted(set(MIXED_WEIGHTS) | set(MIXED_ACTIVATIONS))
+    what = {"reference": reference["sha256"], "widths": widths, "crops": int(settings["crops"]),
+            "crop_size": int(settings["crop_size"]), "seed": int(settings["seed"]), "data": data,
+            "lmbda": reference["lmbda"]}
+    key = key_of("sensitivity", what)
+    path = Path(work) / "sensitivity" / f"q{reference['quality']}-{key}.json"
+    if path.exists():
+        return Sensitivity.from_dict(json.loads(path.read_text())["sensitivity"])
+    print(f"  sensitivity of {Path(reference['checkpoint']).name}: {what['crops']} crops of {what['crop_size']} px, "
+          f"widths {widths}", flush=True)
+    crops = training_crops(data, what["crops"], what["crop_size"], what["seed"])
+    batches = [torch.cat(crops[i : i + 4]) for i in range(0, len(crops), 4)]
+    sens = sensitivity(load_model(reference["checkpoint"]), batches, widths, float(reference["lmbda"]), progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "settings": what, "sensitivity": sens.to_dict()}, default=str))
+    tmp.replace(path)
+    return sens
+
+
+def mixed_profile_of(method: Method, sens: Any) -> Dict[str, Any]:
+    """A mixed method's static profile (every quantized layer) and its average bits."""
+    from dynaquant_brevitas.transform.mixed import mixed_profile, profile_cost
+
+    config = method.config
+    profile = mixed_profile(sens, float(method.mixed["budget"]), method.mixed["cost"],
+                            config.weight_bits, config.activation_bits)
+    return {"profile": {n: list(p) for n, p in profile.items()},
+            "bits_bitops": profile_cost(sens, profile, "bitops"), "bits_per_param": profile_cost(sens, profile, "size")}
 
 # --------------------------------------------------------------------------- Brevitas stock int8
 
@@ -250,6 +451,10 @@ def brevitas_prepare(model: nn.Module, cfg: TrainConfig, batches, calibration_ba
     return model
 
 
+
+# --------------------------------------------------------------------------- models
+
+
 def train_method(method: Method, cfg: TrainConfig, calibration_batches: int) -> Path:
     """Fine-tune with the library's loop (resuming an interrupted run); returns ``final.pt``."""
     out = Path(cfg.train.output)
@@ -257,39 +462,66 @@ def train_method(method: Method, cfg: TrainConfig, calibration_batches: int) -> 
         prepare = {}
         if method.kind == "brevitas":
             prepare = {"prepare": functools.partial(brevitas_prepare, calibration_batches=calibration_batches)}
-        train(cfg, resume=(out / LAST).exists(), overwrite=True, **prepare)
+        resume = (out / LAST).exists()
+        print(f"  fine-tuning {method.name}: {cfg.train.steps} steps of {cfg.data.batch_size} crops of "
+              f"{cfg.data.patch_size} px, seed {cfg.train.seed}" + (" (resuming)" if resume else "")
+              + f" -> {out}", flush=True)
+        train(cfg, resume=resume, overwrite=True, **prepare)
     return out / FINAL
 
 
-def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig],
-                 calibration_batches: int = 8) -> Dict[str, Any]:
-    """The evaluable model of one (method, quality), training it first if needed.
-
-    Returns ``{"model", "checkpoint", "train_seconds"}``; ``train_seconds`` is the wall time of
-    the fine-tuning (stored beside the run, so a cached run keeps it), ``None`` without training.
-    """
+def post_training(method: Method, reference: Dict[str, Any], cfg: TrainConfig, ptq_settings: Dict[str, Any]) -> nn.Module:
+    """The model of a post-training method: ``transform.ptq.ptq`` on seeded training images
+    (``ptq``), or ``dynaquantize`` + calibration on the first training batches (``calibrated``)."""
     from dynaquant_brevitas.io.checkpoint import load_model
+
+    if method.kind == "ptq":
+        from dynaquant_brevitas.transform.ptq import ptq
+
+        crops, size = int(ptq_settings["crops"]), int(ptq_settings["crop_size"])
+        print(f"  post-training quantization of {method.name}: {crops} crops of {size} px, seed {cfg.train.seed}",
+              flush=True)
+        images = training_images(cfg.data.root, crops, cfg.train.seed)
+        return ptq(load_model(reference["checkpoint"]), images, method.config, crops=crops, crop_size=size,
+                   rounding=bool(ptq_settings.get("rounding", False)), seed=cfg.train.seed,
+                   progress=bool(ptq_settings.get("progress", True)))
+    from dynaquant_brevitas.io.images import ImageFolderCrops
+    from dynaquant_brevitas.training import dynaquant_prepare
+    from dynaquant_brevitas.training.data_order import batches_from, seed_everything
+    from dynaquant_brevitas.training.distributed import Dist
+
+    seed_everything(cfg.train.seed)
+    batches = batches_from(ImageFolderCrops(cfg.data.root, cfg.data.patch_size), cfg, 0, Dist())
+    return dynaquant_prepare(load_model(reference["checkpoint"]), cfg, batches)
+
+
+def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig],
+                 calibration_batches: int = 8, ptq_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The evaluable model of one (method, quality, seed), training (or post-training
+    quantizing) it first when its ``final.pt`` is not there yet.
+
+    Returns ``{"model", "checkpoint", "train_seconds", "trained_now"}``; ``train_seconds`` is the
+    wall time of the fine-tuning or post-training quantization (stored beside the run, so a
+    cached run keeps it), ``None`` for the float reference; ``trained_now`` says whether this call
+    trained.
+    """
     from dynaquant_brevitas.evaluation import prepare_for_coding
+    from dynaquant_brevitas.io.checkpoint import load_model, save_model
 
     if method.kind == "float":
         return {"model": prepare_for_coding(load_model(reference["checkpoint"])), "checkpoint": reference["checkpoint"],
-                "train_seconds": None}
-    if method.kind == "ptq":
-        from dynaquant_brevitas.io.images import ImageFolderCrops
-
-        from dynaquant_brevitas.training import dynaquant_prepare
-        from dynaquant_brevitas.training.data_order import batches_from, seed_everything
-        from dynaquant_brevitas.training.distributed import Dist
-
-        seed_everything(cfg.train.seed)
-        batches = batches_from(ImageFolderCrops(cfg.data.root, cfg.data.patch_size), cfg, 0, Dist())
-        model = dynaquant_prepare(load_model(reference["checkpoint"]), cfg, batches)
-        return {"model": prepare_for_coding(model), "checkpoint": None, "train_seconds": None}
+                "train_seconds": None, "trained_now": False}
     out = Path(cfg.train.output)
     timing = out / "bench_train.json"
     start = time.time()
-    trained_now = not (out / "final.pt").exists()
-    final = train_method(method, cfg, calibration_batches)
+    trained_now = not (out / FINAL).exists()
+    if method.kind in POST_TRAINING_KINDS:
+        final = out / FINAL
+        if trained_now:
+            out.mkdir(parents=True, exist_ok=True)
+            save_model(post_training(method, reference, cfg, ptq_settings or {}), final)
+    else:
+        final = train_method(method, cfg, calibration_batches)
     if method.kind == "brevitas":
         model = brevitas_from_checkpoint(reference["checkpoint"], final)
     else:  # float-ft trains with quant.config None, i.e. in float
@@ -297,14 +529,15 @@ def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainC
     if trained_now:
         timing.write_text(json.dumps({"train_seconds": time.time() - start, "steps": cfg.train.steps}))
     seconds = json.loads(timing.read_text())["train_seconds"] if timing.exists() else None
-    return {"model": prepare_for_coding(model), "checkpoint": str(final), "train_seconds": seconds}
+    return {"model": prepare_for_coding(model), "checkpoint": str(final), "train_seconds": seconds,
+            "trained_now": trained_now}
 
 
 def fresh_quantized(method: Method, float_model: nn.Module, cfg: TrainConfig, samples) -> nn.Module:
     """An untrained quantized copy of ``float_model`` for ``method`` (for step timings)."""
     import copy
 
-    from dynaquant_brevitas import calibrate, dynaquantize
+    from dynaquant_brevitas import calibrate, dynaquantize, freeze
 
     model = copy.deepcopy(float_model)
     if method.kind == "brevitas":
@@ -312,5 +545,8 @@ def fresh_quantized(method: Method, float_model: nn.Module, cfg: TrainConfig, sa
         calibrate_brevitas(model, samples)
     else:
         model = dynaquantize(model, cfg.dynaquant_config())
+        profile = cfg.static_profile()
+        if profile is not None:
+            model = freeze(model, profile)
         calibrate(model, samples)
     return model
