@@ -205,8 +205,9 @@ class ContentAwareIntQuant(nn.Module):
     same quantizer class serves any layer width; a state dict restores them with their shape.
 
     Activation quantizers initialise ``range`` and ``offset`` from percentiles of what they see
-    during calibration: the first ``calibration_batches`` training batches, or an explicit
-    :func:`dynaquant_brevitas.calibrate` pass. Weight quantizers initialise from the weight.
+    during calibration (the union over batches): the first ``calibration_batches`` training
+    batches, or an explicit :func:`dynaquant_brevitas.calibrate` pass. Weight quantizers
+    initialise from the weight.
     """
 
     def __init__(
@@ -291,8 +292,14 @@ class ContentAwareIntQuant(nn.Module):
         dim = self.channel_dim % x.dim()
         return x.transpose(0, dim).reshape(x.shape[dim], -1)
 
+    def _covered(self) -> Tuple[Tensor, Tensor]:
+        """``(low, high)`` per channel: the real values the current grid spans."""
+        low = self.offset.detach() - (self.range.detach() if self.signed else 0)
+        return low, self.offset.detach() + self.range.detach()
+
     def _observe(self, x: Tensor) -> None:
-        """Fold one batch of statistics into ``range`` and ``offset`` (running mean of percentiles)."""
+        """Fold one batch into ``range`` and ``offset``: the grid spans the union of every batch's
+        ``stats_percentile`` range (per channel), so no calibration batch is clipped."""
         flat = self._channels_first(x.detach().float())
         if flat.shape[1] > _MAX_STATS_SAMPLES:
             stride = -(-flat.shape[1] // _MAX_STATS_SAMPLES)
@@ -306,6 +313,12 @@ class ContentAwareIntQuant(nn.Module):
             lo = torch.quantile(flat, 1.0 - q, dim=1)
         else:
             hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+        count = int(self.observed_batches)
+        if self.initialized and count > 0 and self.range.shape == hi.shape:
+            # the union with what earlier batches covered: a mean of per-batch extremes would clip
+            # every batch that reaches further than the average one
+            prev_lo, prev_hi = self._covered()
+            lo, hi = torch.minimum(lo, prev_lo.to(lo)), torch.maximum(hi, prev_hi.to(hi))
         if self.signed:
             new_offset = (hi + lo) / 2 if self.learn_offset else torch.zeros_like(hi)
             new_range = torch.maximum(hi - new_offset, new_offset - lo)
@@ -317,10 +330,6 @@ class ContentAwareIntQuant(nn.Module):
         dead = new_range <= _DEAD_RANGE * torch.maximum(hi.abs(), lo.abs()).clamp_min(1.0)
         new_offset = torch.where(dead, torch.zeros_like(new_offset), new_offset)
         new_range = torch.where(dead, torch.maximum(hi.abs(), lo.abs()), new_range).clamp_min(_MIN_RANGE)
-        count = int(self.observed_batches)
-        if self.initialized and count > 0 and self.range.shape == new_range.shape:
-            new_range = (self.range.detach() * count + new_range) / (count + 1)
-            new_offset = (self.offset.detach() * count + new_offset) / (count + 1)
         # Assign .data so that an optimizer built before the first batch keeps valid references.
         self.range.data = new_range.to(self.range.device if self.initialized else x.device)
         self.offset.data = new_offset.to(self.range.device)
