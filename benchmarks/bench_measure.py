@@ -78,29 +78,12 @@ def machine_line(info: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- bits and sizes
 
 
-def stock_widths(model: nn.Module) -> Dict[str, Tuple[float, float]]:
-    """``(weight, input)`` widths of Brevitas's stock quantized layers (the ``brevitas-int8`` baseline),
-    read from their quantizers: ``transform.cost`` asks these layers for ``quant_input_bit_width()``,
-    which Brevitas 0.13 no longer has, so the benchmark passes them as a profile."""
-    from dynaquant_brevitas.nn import StaticWidths
-
-    widths = {}
-    for name, module in model.named_modules():
-        proxy = getattr(module, "weight_quant", None)
-        if isinstance(module, StaticWidths) or proxy is None or not getattr(proxy, "is_quant_enabled", False):
-            continue
-        act = getattr(module, "input_quant", None)
-        act_bits = float(act.bit_width()) if act is not None and getattr(act, "is_quant_enabled", False) else 32.0
-        widths[name] = (float(module.quant_weight().bit_width), act_bits)
-    return widths
-
-
 def bit_figures(model: nn.Module, macs: Mapping[str, int], profile: Optional[Mapping[str, float]]) -> Dict[str, float]:
     """``bits_per_param``, ``avg_activation_bits``, ``bits_bitops``, ``bitops_ratio``
     (:func:`~dynaquant_brevitas.transform.cost.average_bits`)."""
     from dynaquant_brevitas.transform.cost import average_bits
 
-    return average_bits(model, macs, {**stock_widths(model), **(profile or {})})
+    return average_bits(model, macs, profile)
 
 
 def profiles_from_eval(evaluation: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
@@ -130,7 +113,7 @@ def size_figures(model: nn.Module, evaluation: Mapping[str, Any], folder: Path) 
         out["model_size_estimate_bytes"] = model_size_bytes(model, mean)
     else:
         packed = pack_model(model, folder / "model.dqpk")
-        out["model_size_estimate_bytes"] = model_size_bytes(model, stock_widths(model))
+        out["model_size_estimate_bytes"] = model_size_bytes(model)
     out["packed_size_bytes"] = packed.size_bytes
     out["packed"] = {k: v for k, v in packed.to_dict().items() if k != "layers"}
     out["packed"]["layer_bits"] = {k: v[0] for k, v in packed.layers.items()}

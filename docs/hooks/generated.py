@@ -123,7 +123,7 @@ def comparison_section() -> str:
         parts += [
             "No full run is committed yet (`benchmarks/results/summary.json` is absent): the reference family "
             "q2-q5 is still being trained, and the run takes hours. `make bench` produces it; "
-            "`make bench-quick` runs the same pipeline in a minute or two on tiny settings.",
+            "`make bench-quick` runs the same pipeline in a few minutes on tiny settings.",
             "",
         ]
     parts += ["### Fields of `summary.json`", "", "| field | meaning and measurement |", "|---|---|"]

@@ -102,7 +102,7 @@ def _static_widths(module: nn.Module) -> Tuple[float, float]:
     if proxy is None or not getattr(proxy, "is_quant_enabled", False):
         return FLOAT_BITS, FLOAT_BITS
     act = getattr(module, "input_quant", None)
-    act_bits = float(module.quant_input_bit_width()) if act is not None and getattr(act, "is_quant_enabled", False) else FLOAT_BITS
+    act_bits = float(act.bit_width()) if act is not None and getattr(act, "is_quant_enabled", False) else FLOAT_BITS
     return float(module.quant_weight().bit_width), act_bits
 
 
