@@ -4,7 +4,8 @@ Each variant fine-tunes the same float reference with the library's loop (dynami
 bit loss weighted by BitOPs, a target) and is evaluated with real bitstreams on Kodak images:
 bpp, PSNR, BitOPs-bits, and the diversity of the choices per side (share of images whose profile
 differs from the most common one). Variants: the default, a larger learning rate for the
-selectors, and a reward for choices that depend on the image (``quant.diversity``).
+selectors, a reward for choices that depend on the image (``quant.diversity``), and the
+scale-aware selector (features that keep the amount of detail).
 
     python benchmarks/selector_study.py [--steps 300] [--images 8] [--variants base,slr,div]
     -> benchmarks/results/selector_study.json
@@ -33,21 +34,25 @@ from dynaquant_brevitas.io.images import list_images  # noqa: E402
 from dynaquant_brevitas.training import FINAL, TrainConfig, train  # noqa: E402
 from dynaquant_brevitas.transform.cost import average_bits, layer_macs  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # quant-section settings; "config" entries go into the DynaQuantConfig
     "base": {},
     "slr": {"selector_lr": 1e-3},
     "div": {"diversity": 0.05},
     "slr-div": {"selector_lr": 1e-3, "diversity": 0.05},
+    "scale": {"config": {"selector": "scale-aware"}},
+    "scale-div": {"config": {"selector": "scale-aware"}, "diversity": 0.05},
 }
 
 
 def config(reference: Path, variant: str, steps: int, target: float, output: Path, seed: int) -> TrainConfig:
+    settings = dict(VARIANTS[variant])
     quant = {
-        "config": {"weight_bits": [4, 6, 8], "activation_bits": [6, 8], "calibration_batches": 8},
+        "config": {"weight_bits": [4, 6, 8], "activation_bits": [6, 8], "calibration_batches": 8,
+                   **settings.pop("config", {})},
         "bit_cost": "bitops",
         "target_bits": target,
         "tau_decay_steps": max(1, int(0.8 * steps)),
-        **VARIANTS[variant],
+        **settings,
     }
     return TrainConfig.from_dict({
         "data": {"root": str(ROOT.parent / "shared" / "data" / "train"), "patch_size": 128, "batch_size": 8},

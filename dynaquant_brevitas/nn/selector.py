@@ -118,3 +118,41 @@ class BitSelector(nn.Module):
         else:
             weights = F.one_hot(logits.argmax(dim=-1), len(self.candidates)).to(logits.dtype)
         return Selection(probs=probs, weights=weights, candidates=self.candidates)
+
+
+@register_selector("scale-aware")
+class ScaleAwareSelector(BitSelector):
+    """The MLP selector with features that keep the amount of detail.
+
+    :class:`BitSelector` layer-normalises each image's feature vector, which removes its overall
+    scale: an image with little detail and one with a lot can give the same features, and the
+    selector falls back to one profile for all. Here the spreads and the energy grid enter as
+    logarithms, and the features are standardised with statistics gathered over the training
+    images (a ``BatchNorm1d``: batch statistics in training, the running ones at inference, so
+    encoder and decoder see the same numbers), not per image.
+
+    Example:
+        >>> selector = ScaleAwareSelector(channels=16, layers=3, candidates=(4, 6, 8)).eval()
+        >>> flat, busy = torch.zeros(1, 16, 32, 32), torch.randn(1, 16, 32, 32)
+        >>> bool((selector.features(flat) != selector.features(busy)).any())
+        True
+    """
+
+    def __init__(self, channels: int, layers: int, candidates: Sequence, hidden: int = 64, pool: int = 5,
+                 dropout: float = 0.2) -> None:
+        super().__init__(channels, layers, candidates, hidden=hidden, pool=pool, dropout=dropout)
+        self.norm = nn.BatchNorm1d(self.features_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        x = x.detach()
+        stride = max(1, min(x.shape[-2:]) // self.max_side)
+        if stride > 1:
+            x = x[..., ::stride, ::stride].contiguous()
+        flat = x.flatten(2)
+        mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
+        energy = F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
+        features = torch.cat([mean, torch.log(spread + 1e-4), torch.log(energy + 1e-4)], dim=1)
+        if self.training and features.shape[0] == 1:
+            return F.batch_norm(features, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                                self.norm.bias, training=False, eps=self.norm.eps)
+        return self.norm(features)
