@@ -101,14 +101,19 @@ class BitSelector(nn.Module):
         Large feature maps are read with a stride so that at most about ``max_side`` pixels per
         side are pooled: statistics need no more, and the selector stays cheap on big images.
         """
+        mean, spread, energy = self.statistics(x)
+        return F.layer_norm(torch.cat([mean, spread, energy], dim=1), (self.features_dim,))
+
+    def statistics(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(mean, spread, energy)``: per-channel mean and standard deviation, and the
+        ``pool x pool`` grid of the channel-averaged magnitude, from ``x`` read with a stride."""
         x = x.detach()
         stride = max(1, min(x.shape[-2:]) // self.max_side)
         if stride > 1:
             x = x[..., ::stride, ::stride].contiguous()
         flat = x.flatten(2)
         mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
-        energy = F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
-        return F.layer_norm(torch.cat([mean, spread, energy], dim=1), (self.features_dim,))
+        return mean, spread, F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
 
     def forward(self, x: Tensor) -> Selection:
         logits = self.mlp(self.features(x)).view(x.shape[0], self.layers, len(self.candidates))
@@ -144,13 +149,7 @@ class ScaleAwareSelector(BitSelector):
         self.norm = nn.BatchNorm1d(self.features_dim)
 
     def features(self, x: Tensor) -> Tensor:
-        x = x.detach()
-        stride = max(1, min(x.shape[-2:]) // self.max_side)
-        if stride > 1:
-            x = x[..., ::stride, ::stride].contiguous()
-        flat = x.flatten(2)
-        mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
-        energy = F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
+        mean, spread, energy = self.statistics(x)
         features = torch.cat([mean, torch.log(spread + 1e-4), torch.log(energy + 1e-4)], dim=1)
         if self.training and features.shape[0] == 1:
             return F.batch_norm(features, self.norm.running_mean, self.norm.running_var, self.norm.weight,
