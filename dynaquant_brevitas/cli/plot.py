@@ -71,14 +71,20 @@ def _load_reference(name: str, directory: Path) -> dict:
 
 def bd_rate_line(anchor: dict, result: dict, metric: str) -> str:
     """One line: BD-rate (4+ points) or the single-point rate difference at equal quality."""
-    from ..evaluation.metrics import MetricError, bd_rate, curve, rate_difference_at_quality
+    import warnings
+
+    from ..evaluation.metrics import BDRateWarning, MetricError, bd_rate, curve, quality_overlap, rate_difference_at_quality
 
     ra, da = curve(anchor, metric)
     rt, dt = curve(result, metric)
     name = result.get("name", "?")
     try:
         if len(rt) >= 4:
-            return f"{name}: BD-rate {bd_rate(ra, da, rt, dt):+.2f} % vs {anchor.get('name')}"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", BDRateWarning)
+                value = bd_rate(ra, da, rt, dt)
+            note = f" (over {quality_overlap(da, dt):.0%} of the joint quality range)" if caught else ""
+            return f"{name}: BD-rate {value:+.2f} % vs {anchor.get('name')}{note}"
         diffs = ", ".join(
             f"{rate_difference_at_quality(ra, da, r, d):+.2f} %" for r, d in zip(rt, dt, strict=True)
         )
