@@ -483,7 +483,7 @@ def post_training(method: Method, reference: Dict[str, Any], cfg: TrainConfig, p
               flush=True)
         images = training_images(cfg.data.root, crops, cfg.train.seed)
         return ptq(load_model(reference["checkpoint"]), images, method.config, crops=crops, crop_size=size,
-                   rounding=bool(ptq_settings.get("rounding", False)), seed=cfg.train.seed,
+                   rounding=str(ptq_settings.get("rounding", "gptq")), seed=cfg.train.seed,
                    progress=bool(ptq_settings.get("progress", True)))
     from dynaquant_brevitas.io.images import ImageFolderCrops
     from dynaquant_brevitas.training import dynaquant_prepare

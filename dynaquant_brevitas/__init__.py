@@ -66,6 +66,7 @@ _WHERE = {
             "layer_macs",
             "model_size_bytes",
             "plan_quantization",
+            "ptq",
         ),
         ".transform",
     ),

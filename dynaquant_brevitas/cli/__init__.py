@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 #: Subcommand modules under ``dynaquant_brevitas.cli``, in help order.
-COMMANDS: tuple[str, ...] = ("demo", "train", "eval", "sensitivity", "encode", "decode", "plot", "export", "plugins")
+COMMANDS: tuple[str, ...] = ("demo", "train", "quantize", "eval", "sensitivity", "encode", "decode", "plot", "export", "plugins")
 
 #: Exit status for errors in the user's input (bad file, bad config, refused container).
 EXIT_USER_ERROR = 2
