@@ -163,6 +163,11 @@ METHODS: List[Method] = [
     Method("dyn-w3468-a68-bitops6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, BitOPs bit cost, target 6.0 average bits (BitOPs)",
            _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8]), _target(6.0, "bitops")),
+    Method("dyn-w3468-a68-bitops6-scale", "dynaquant",
+           "as dyn-w3468-a68-bitops6 with the scale-aware selector and a diversity reward of 0.05 "
+           "(benchmarks/selector_study.py's scale-div)",
+           _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8], selector="scale-aware"),
+           {**_target(6.0, "bitops"), "diversity": 0.05}),
     Method("dyn-w3468-a68-layers6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "
            "(6.0 BitOPs bits at an even choice)",
