@@ -186,6 +186,8 @@ METHODS: List[Method] = [
     Method("ptq-int8", "calibrated", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
     Method("ptq-w8a8", "ptq", "post-training quantization (transform.ptq: output-error range search, bias correction), "
            "8-bit weights and activations, no fine-tuning", _dq((8,), **_PTQ)),
+    Method("ptq-w8a8-offsets", "ptq", "post-training quantization (transform.ptq), 8-bit weights and activations, "
+           "with activation offsets (asymmetric grids), no fine-tuning", _dq((8,), **dict(_PTQ, learn_offset=True))),
     Method("ptq-w6a8", "ptq", "post-training quantization (transform.ptq), 6-bit weights and 8-bit activations, "
            "no fine-tuning", _dq((8,), weight_bits=[6], activation_bits=[8], **_PTQ)),
 ]

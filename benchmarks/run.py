@@ -37,6 +37,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: one thread, stable timings
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -46,7 +47,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
+from typing import Any, Dict, Iterator, List, Optional, Tuple  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -578,15 +579,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                    work, folder, timing_image, timing_image_name, images["kodak"], errors)
     summary = build_summary(methods, results, extras, settings, refs, machine, sets, images, seeds, errors, args,
                             output, latency_note)
-    summary = bench_report.merge_summaries(_previous(output / "summary.json"), summary,
-                                           [m.name for m in bench_methods.METHODS],
-                                           {m.name: m.kind for m in bench_methods.METHODS})
-    _write_json(output / "summary.json", summary)
-    (output / "summary.md").write_text(bench_report.markdown_table(summary))
-    bench_report.plot(summary, output / "rd.png")
-    figures = bench_report.pareto(summary, output / "pareto.png")
-    if output == DEFAULT_OUTPUT.resolve() and bench_report.update_readme(ROOT / "README.md", summary):
-        print("updated the README's benchmark table", flush=True)
+    with _summary_lock(output):  # runs of other methods may finish at the same time: merge one at a time
+        summary = bench_report.merge_summaries(_previous(output / "summary.json"), summary,
+                                               [m.name for m in bench_methods.METHODS],
+                                               {m.name: m.kind for m in bench_methods.METHODS})
+        _write_json(output / "summary.json", summary)
+        (output / "summary.md").write_text(bench_report.markdown_table(summary))
+        bench_report.plot(summary, output / "rd.png")
+        figures = bench_report.pareto(summary, output / "pareto.png")
+        if output == DEFAULT_OUTPUT.resolve() and bench_report.update_readme(ROOT / "README.md", summary):
+            print("updated the README's benchmark table", flush=True)
     print(bench_report.markdown_table(summary))
     print(f"wrote {_rel(output / 'summary.json')}, summary.md, rd.png, {', '.join(p.name for p in figures)} in "
           f"{time.time() - started:.0f} s" + (f"; {len(errors)} failure(s)" if errors else ""), flush=True)
@@ -642,6 +644,19 @@ def _extras(method, group, first_seed, runs_by_seed, models_of, settings, args, 
             _write_json(path, result)
         out[stage] = result
     return out
+
+
+@contextlib.contextmanager
+def _summary_lock(output: Path) -> Iterator[None]:
+    """Wait for, then hold, the lock on ``output``'s summary files."""
+    import fcntl
+
+    with open(output / ".summary.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _previous(path: Path) -> Optional[Dict[str, Any]]:

@@ -31,7 +31,7 @@ from .config import DynaQuantConfig
 from .cost import layer_macs
 from .dynaquantize import dynaquant_layers, dynaquantize
 
-__all__ = ["Delta", "Sensitivity", "sensitivity"]
+__all__ = ["Delta", "Sensitivity", "estimated_rd", "sensitivity"]
 
 
 @dataclass
@@ -83,7 +83,9 @@ class Sensitivity:
 
 
 @torch.no_grad()
-def _rd(model: nn.Module, images: Sequence[Tensor], lmbda: float) -> Delta:
+def estimated_rd(model: nn.Module, images: Sequence[Tensor], lmbda: float) -> Delta:
+    """Mean estimated bpp (from the likelihoods), MSE and RD cost ``bpp + lmbda 255^2 MSE`` of
+    ``model`` on ``images`` (batches), without entropy coding."""
     bpp = mse = 0.0
     for x in images:
         out = model(x)
@@ -131,7 +133,7 @@ def sensitivity(
     modules = dict(model.named_modules())
     floats = [n for n in macs if n not in layers and not any(n.startswith(q + ".") for q in layers)]
     with quantization_disabled(quantized):
-        base = _rd(quantized, images, lmbda)
+        base = estimated_rd(quantized, images, lmbda)
         result = Sensitivity(list(layers), widths, lmbda, base, {}, {}, {n: float(macs.get(n, 0)) for n in layers},
                              {n: layer.weight.numel() for n, layer in layers.items()}, images=sum(x.shape[0] for x in images),
                              extra={"float_macs": float(sum(macs[n] for n in floats)),
@@ -146,7 +148,7 @@ def sensitivity(
             layer.set_bit_width(bits, bits)
             proxy.disable_quant = False
             try:
-                rd = _rd(quantized, images, lmbda)
+                rd = estimated_rd(quantized, images, lmbda)
             finally:
                 proxy.disable_quant = True
                 layer.set_bit_width(*saved) if saved[1] is not None else layer.set_bit_width(saved[0])
