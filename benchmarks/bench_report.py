@@ -549,6 +549,11 @@ README_BEGIN = "<!-- benchmarks:summary:begin (generated from benchmarks/results
 README_END = "<!-- benchmarks:summary:end -->"
 
 
+def _measured(row: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The date of the run that measured ``row`` (rows kept from an earlier run carry theirs)."""
+    return str((row.get("run") or {}).get("generated") or summary.get("generated") or "")[:10]
+
+
 def readme_table(summary: Mapping[str, Any]) -> str:
     """The README's compact table: BD-rate per evaluation set, bits, packed size, diversity, seed spread."""
     steps = summary.get("settings", {}).get("train", {}).get("steps")
@@ -558,8 +563,8 @@ def readme_table(summary: Mapping[str, Any]) -> str:
     lines = [
         ("| model " if many else "") + f"| method ({steps} fine-tuning steps) | BD-rate Kodak [%] | "
         + "".join(f"BD-rate {s} [%] | " for s in sets)
-        + "weight bits | activation bits | bits (BitOPs) | packed [kB] | diversity enc / dec | seed spread |",
-        ("|---" if many else "") + "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|",
+        + "weight bits | activation bits | bits (BitOPs) | packed [kB] | diversity enc / dec | seed spread | measured |",
+        ("|---" if many else "") + "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|---|",
     ]
     for model, rows in groups.items():
         for row in rows:
@@ -569,7 +574,7 @@ def readme_table(summary: Mapping[str, Any]) -> str:
             lines.append(("| " + model + " " if many else "") + f"| {row['method']} | " + " | ".join(bd) + " | "
                          f"{_fmt(_weight_bits(row))} | {_fmt(row.get('avg_activation_bits'))} | "
                          f"{_fmt(row.get('avg_bits_bitops'))} | {_fmt(_packed_kb(row), 0)} | "
-                         f"{_diversity_cell(row) if dynamic else ''} | {_spread_cell(row)} |")
+                         f"{_diversity_cell(row) if dynamic else ''} | {_spread_cell(row)} | {_measured(row, summary)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,10 @@ Each variant quantizes the reference with ``ptq`` (its own calibration crops, se
 by the estimated RD cost (bpp from the likelihoods + lambda 255^2 MSE) on validation crops of the
 training photographs drawn with another seed: never Kodak, so nothing here is tuned to the
 evaluation set. Variants separate the weights from the activations (the other side at 16 bits)
-and switch off one step of ``ptq`` at a time.
+and switch off one step of ``ptq`` at a time. ``--layers`` then takes the W16A8 model and gives
+one layer at a time its input back at 16 bits: what each layer's 8-bit input costs.
 
-    python benchmarks/ptq_study.py [--variants w8a8,w16a8,...] [--validation 16]
+    python benchmarks/ptq_study.py [--variants w8a8,w16a8,...] [--validation 16] [--layers]
     -> benchmarks/results/ptq_study.json (one entry per variant; reruns replace their entries)
 """
 
@@ -31,6 +32,7 @@ import torch  # noqa: E402
 from dynaquant_brevitas import load_model  # noqa: E402
 from dynaquant_brevitas.io.files import write_json  # noqa: E402
 from dynaquant_brevitas.io.images import list_images, read_image_uint8  # noqa: E402
+from dynaquant_brevitas.nn.layers import StaticWidths  # noqa: E402
 from dynaquant_brevitas.transform.ptq import PTQ_CONFIG, calibration_crops, ptq  # noqa: E402
 from dynaquant_brevitas.transform.sensitivity import estimated_rd  # noqa: E402
 
@@ -53,6 +55,7 @@ def main() -> int:
     p.add_argument("--lmbda", type=float, default=0.013)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--validation", type=int, default=16, help="validation crops of 256 px (seed 1)")
+    p.add_argument("--layers", action="store_true", help="only the per-layer activation costs of W16A8")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/ptq_study.json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -69,6 +72,10 @@ def main() -> int:
         "float": vars(base),
     })
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if args.layers:
+        results["activation_layers"] = layer_costs(args.reference, images, batches, args.lmbda, base, commit)
+        write_json(args.output, results)
+        return 0
     entries = results.setdefault("variants", {})
     for name in args.variants.split(","):
         weight_bits, activation_bits, options = VARIANTS[name]
@@ -88,6 +95,25 @@ def main() -> int:
         print(name, entries[name], flush=True)
         write_json(args.output, results)
     return 0
+
+
+def layer_costs(reference: Path, images, batches, lmbda: float, base, commit: str) -> dict:
+    """RD-cost increase [%] of the W16A8 model, and of it with one layer's input at 16 bits."""
+    model = ptq(load_model(reference), images, PTQ_CONFIG.replace(weight_bits=(16,), activation_bits=(8,)),
+                progress=False).eval()
+
+    def increase() -> float:
+        return round(100 * (estimated_rd(model, batches, lmbda).cost / base.cost - 1), 3)
+
+    out = {"commit": commit, "all_inputs_at_8_bits": increase(), "with_this_input_at_16_bits": {}}
+    for name, layer in model.named_modules():
+        if isinstance(layer, StaticWidths):
+            weight_bits, activation_bits = layer.widths
+            layer.set_bit_width(weight_bits, 16)
+            out["with_this_input_at_16_bits"][name] = increase()
+            layer.set_bit_width(weight_bits, activation_bits)
+            print(name, out["with_this_input_at_16_bits"][name], flush=True)
+    return out
 
 
 if __name__ == "__main__":
