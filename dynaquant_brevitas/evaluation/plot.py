@@ -106,7 +106,11 @@ def plot_bit_heatmap(
     ax.set_yticks(range(len(images)), images, fontsize=7)
     ax.set_xlabel("layer")
     ax.set_ylabel("image")
-    ax.set_title(f"Chosen bit widths ({result.get('name', '')}, mean {bits.mean():.2f})")
+    rows = [tuple(row) for row in bits.tolist()]
+    common = max(set(rows), key=rows.count) if rows else ()
+    differ = sum(row != common for row in rows)
+    ax.set_title(f"Chosen bit widths ({result.get('name', '')}, mean {bits.mean():.2f}; "
+                 f"{differ} of {len(rows)} images off the most common profile)", fontsize=8)
     fig.colorbar(im, ax=ax, label="bits")
     return _save(fig, output)
 
