@@ -99,7 +99,8 @@ def _target(bits: float, cost: str = "layers") -> Dict[str, Any]:
 
 #: the widths static mixed precision chooses from
 MIXED_WEIGHTS, MIXED_ACTIVATIONS = [2, 3, 4, 5, 6, 8], [4, 5, 6, 8]
-#: ``transform.ptq``'s recommended quantizers: integer zero points, no learned offsets
+#: ``transform.ptq``'s quantizers with symmetric activation grids (integer zero points); the
+#: library's default since this table (``ptq-w8a8-offsets``) adds per-channel offsets
 _PTQ = {"learn_offset": False, "integer_zero_point": True}
 
 
@@ -185,11 +186,11 @@ METHODS: List[Method] = [
            _dq((6,), beta=4.0)),
     Method("ptq-int8", "calibrated", "post-training int8: DynaQuant quantizers, calibration only, no fine-tuning", _dq((8,))),
     Method("ptq-w8a8", "ptq", "post-training quantization (transform.ptq: output-error range search, bias correction), "
-           "8-bit weights and activations, no fine-tuning", _dq((8,), **_PTQ)),
+           "8-bit weights and activations, symmetric activation grids, no fine-tuning", _dq((8,), **_PTQ)),
     Method("ptq-w8a8-offsets", "ptq", "post-training quantization (transform.ptq), 8-bit weights and activations, "
-           "with activation offsets (asymmetric grids), no fine-tuning", _dq((8,), **dict(_PTQ, learn_offset=True))),
+           "with activation offsets (asymmetric grids; transform.ptq's default), no fine-tuning", _dq((8,), **dict(_PTQ, learn_offset=True))),
     Method("ptq-w6a8", "ptq", "post-training quantization (transform.ptq), 6-bit weights and 8-bit activations, "
-           "no fine-tuning", _dq((8,), weight_bits=[6], activation_bits=[8], **_PTQ)),
+           "symmetric activation grids, no fine-tuning", _dq((8,), weight_bits=[6], activation_bits=[8], **_PTQ)),
 ]
 
 BY_NAME = {m.name: m for m in METHODS}

@@ -36,7 +36,8 @@ from dynaquant_brevitas.nn.layers import StaticWidths  # noqa: E402
 from dynaquant_brevitas.transform.ptq import PTQ_CONFIG, calibration_crops, ptq  # noqa: E402
 from dynaquant_brevitas.transform.sensitivity import estimated_rd  # noqa: E402
 
-#: variant -> (weight bits, activation bits, ptq keyword arguments)
+#: variant -> (weight bits, activation bits, ptq keyword arguments); symmetric activation grids
+#: unless a variant turns the offsets on
 VARIANTS = {
     "w8a8": (8, 8, {}),
     "w16a8": (16, 8, {}),
@@ -81,7 +82,7 @@ def main() -> int:
         weight_bits, activation_bits, options = VARIANTS[name]
         options = dict(options)
         config = PTQ_CONFIG.replace(weight_bits=(weight_bits,), activation_bits=(activation_bits,),
-                                    learn_offset=options.pop("learn_offset", PTQ_CONFIG.learn_offset))
+                                    learn_offset=options.pop("learn_offset", False))
         start = time.perf_counter()
         model = ptq(load_model(args.reference), images, config, progress=False, **options)
         seconds = time.perf_counter() - start
@@ -99,7 +100,8 @@ def main() -> int:
 
 def layer_costs(reference: Path, images, batches, lmbda: float, base, commit: str) -> dict:
     """RD-cost increase [%] of the W16A8 model, and of it with one layer's input at 16 bits."""
-    model = ptq(load_model(reference), images, PTQ_CONFIG.replace(weight_bits=(16,), activation_bits=(8,)),
+    model = ptq(load_model(reference), images,
+                PTQ_CONFIG.replace(weight_bits=(16,), activation_bits=(8,), learn_offset=False),
                 progress=False).eval()
 
     def increase() -> float:

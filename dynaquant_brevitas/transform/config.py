@@ -61,9 +61,11 @@ class DynaQuantConfig:
         learn_range: learn the per-channel ranges (the quantizers' scales) (otherwise they stay at their calibration).
         activation_percentile: the percentile (of each channel's values, in (50, 100]) that
             calibration sets an activation range to; 100 is the maximum (nothing clipped).
-        learn_offset: learn per-channel activation offsets. On the reference ScaleHyperprior they
-            cost rate-distortion at 8 bits (BD-rate +1.96 % with, +0.06 % without, in
-            ``benchmarks/results/summary.md``): prefer ``False`` for GDN codecs.
+        learn_offset: learn per-channel activation offsets (asymmetric grids). With calibration
+            over the union of the batches' ranges they cost nothing at 8 bits on the reference
+            ScaleHyperprior (BD-rate +0.22 % with, +0.17 % without, one seed) and help
+            post-training quantization (``ptq``: +1.62 % with, +2.20 % without); see
+            ``benchmarks/results/summary.md`` and the concepts page.
         activation_per_channel: one activation step (and offset) per channel, the content-aware
             default; ``False`` gives one per tensor, which FINN maps exactly (with per-channel
             steps the FPGA export has to re-quantize the next layer's weights, see
