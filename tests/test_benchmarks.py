@@ -233,7 +233,7 @@ def test_rows_report_every_set_and_the_seed_spread():
     summary = {"mode": "full", "settings": {"train": {"steps": 200}}, "eval_sets": {"kodak": {}, "photos2": {}},
                "rows": [row], "models": ["m"]}
     table = report.readme_table(summary)
-    assert table.splitlines()[0].count("|") == 10 and "BD-rate photos2" in table and "±" in table
+    assert table.splitlines()[0].count("|") == 11 and "BD-rate photos2" in table and "±" in table
     assert "±" in report.markdown_table(summary)
 
 

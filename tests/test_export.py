@@ -24,9 +24,10 @@ MIXED = {"g_a.2": 6, "g_a.4": 4, "g_a.6": 8, "g_s.2": 8, "g_s.4": 4, "g_s.6": 6}
 
 @pytest.fixture(scope="module")
 def codec() -> torch.nn.Module:
-    """A small FactorizedPriorReLU, dynaquantized, calibrated on random images, frozen mixed."""
+    """A small FactorizedPriorReLU, dynaquantized with activation offsets (what the zero-point
+    folding handles), calibrated on random images, frozen mixed."""
     torch.manual_seed(0)
-    model = dynaquantize(FactorizedPriorReLU(6, 8), DynaQuantConfig(candidate_bits=(4, 6, 8)))
+    model = dynaquantize(FactorizedPriorReLU(6, 8), DynaQuantConfig(candidate_bits=(4, 6, 8), learn_offset=True))
     calibrate(model, [torch.rand(2, 3, 64, 64) for _ in range(2)])
     # an untrained encoder's latents round to almost only zeros: calibrate g_s on spread-out ones
     calibrate(model.g_s, [torch.randn(2, 8, 4, 4) * 3 for _ in range(2)])

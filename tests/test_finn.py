@@ -33,7 +33,7 @@ def finn_build_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def codec() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = dynaquantize(FactorizedPriorReLU(4, 6), DynaQuantConfig(candidate_bits=(4, 6, 8)))
+    model = dynaquantize(FactorizedPriorReLU(4, 6), DynaQuantConfig(candidate_bits=(4, 6, 8), learn_offset=True))
     calibrate(model, [torch.rand(2, 3, 64, 64) for _ in range(2)])
     calibrate(model.g_s, [torch.randn(2, 6, 4, 4) * 3 for _ in range(2)])
     return freeze(model, MIXED)

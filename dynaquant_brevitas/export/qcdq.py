@@ -25,7 +25,7 @@ Example:
     >>> from compressai.models import ScaleHyperprior
     >>> from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze
     >>> _ = torch.manual_seed(0)
-    >>> config = DynaQuantConfig(candidate_bits=(8,), activation_per_channel=False)
+    >>> config = DynaQuantConfig(candidate_bits=(8,), activation_per_channel=False, learn_offset=True)
     >>> model = dynaquantize(ScaleHyperprior(8, 12), config)
     >>> calibrate(model, [torch.rand(2, 3, 64, 64)])
     >>> dep = deployable(freeze(model, "max"), None)

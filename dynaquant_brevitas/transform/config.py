@@ -65,7 +65,8 @@ class DynaQuantConfig:
             photographs they make no measurable difference at 8 bits (BD-rate +0.22 % with, +0.17 %
             without, one seed, ``benchmarks/results/summary.md``), but they fit the grids so tightly
             to the training photos that unusual content is clipped (a smooth gradient: -5.0 dB with,
-            -0.1 dB without, ``benchmarks/results/content_robustness.json``); see the concepts page.
+            -0.1 dB without, ``benchmarks/results/content_robustness.json``). Turn them on for
+            codecs whose quantized layers read ReLU outputs (unsigned grids); see the concepts page.
         activation_per_channel: one activation step (and offset) per channel, the content-aware
             default; ``False`` gives one per tensor, which FINN maps exactly (with per-channel
             steps the FPGA export has to re-quantize the next layer's weights, see
