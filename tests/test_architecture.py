@@ -22,6 +22,7 @@ TOP = "dynaquant_brevitas"
 LAYERS = {
     "_lazy": (0, "base"),
     "registry": (0, "base"),
+    "memory": (0, "base"),
     "quant": (1, "quant"),
     "nn": (2, "nn"),
     "transform": (3, "transform"),

@@ -214,7 +214,7 @@ def test_a_size_needing_more_memory_than_available_is_refused(hyper, monkeypatch
 
     model = prepare_for_coding(hyper)
     coded = encode_image(model, torch.rand(1, 3, 64, 64))
-    monkeypatch.setattr(coding, "_available_memory", lambda: 1 << 10)  # 1 KiB
+    monkeypatch.setattr(coding, "available_memory", lambda: 1 << 10)  # 1 KiB
     with pytest.raises(ContainerError, match="needs about .* GiB, 0.0 GiB are available"):
         decode_image(model, coded.strings, coded.shape, coded.size)
 

@@ -114,6 +114,8 @@ def test_refusals() -> None:
         ptq(ScaleHyperprior(8, 12), [torch.rand(64, 64)], **SMALL)
     with pytest.raises(ValueError, match="multiple of 64"):
         ptq(ScaleHyperprior(8, 12), images, crops=2, crop_size=48, progress=False)
+    with pytest.raises(ValueError, match=r"needs about .* GiB, .* GiB are available"):  # before allocating
+        ptq(ScaleHyperprior(8, 12), images, crops=10**8, crop_size=256, progress=False)
 
 
 # -- the command ----------------------------------------------------------------------------------------

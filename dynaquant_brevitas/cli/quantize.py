@@ -75,12 +75,18 @@ def config_from_args(args: argparse.Namespace):
     return PTQ_CONFIG.replace(**changes)
 
 
-def read_images(folder: Path) -> list:
-    """Every image of ``folder`` as a ``(1, 3, H, W)`` uint8 tensor; a clear error for a folder
+def read_images(folder: Path, count: int, seed: int) -> list:
+    """``count`` images of ``folder`` (all when it has no more; otherwise a seeded sample, so that a
+    large folder is not read whole) as ``(1, 3, H, W)`` uint8 tensors; a clear error for a folder
     without images."""
+    import random
+
     from ..io.images import list_images, read_image_uint8
 
-    return [read_image_uint8(path).unsqueeze(0) for path in list_images(folder)]
+    paths = list_images(folder)
+    if len(paths) > count:
+        paths = sorted(random.Random(seed).sample(paths, count))
+    return [read_image_uint8(path).unsqueeze(0) for path in paths]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.checkpoint} holds a quantized model; dynaquant quantize needs the float checkpoint it came from"
         )
-    images = read_images(args.images)
+    images = read_images(args.images, args.crops, args.seed)
     model = model_from_checkpoint(ckpt, args.checkpoint)
     start = time.perf_counter()
     model = ptq(

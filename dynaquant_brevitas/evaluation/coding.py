@@ -23,6 +23,7 @@ from torch import nn
 
 from ..io.checkpoint import check_finite
 from ..io.container import ContainerError
+from ..memory import PROBE_SIDE, activation_peak, available_memory
 
 __all__ = ["PAD_MULTIPLE", "Coded", "EvalError", "check_coded", "decode_image", "encode_image", "last_choice", "prepare_for_coding"]
 
@@ -159,7 +160,7 @@ def check_plausible(model: nn.Module, strings: Sequence[Sequence[bytes]], padded
             f"implausible file: a {padded[1]}x{padded[0]} image codes to at least {min_bytes} bytes of "
             f"bitstreams with this model, the file holds {have}"
         )
-    need, available = int(scale * probe.peak_bytes * DECODE_MEMORY_FACTOR), _available_memory()
+    need, available = int(scale * probe.peak_bytes * DECODE_MEMORY_FACTOR), available_memory()
     if available is not None and need > available:
         raise ContainerError(
             f"decoding a {padded[1]}x{padded[0]} image needs about {need / 2**30:.1f} GiB, "
@@ -167,8 +168,7 @@ def check_plausible(model: nn.Module, strings: Sequence[Sequence[bytes]], padded
         )
 
 
-#: size of the probe image (side) and its pixels
-PROBE_SIDE = 64
+#: pixels of the probe image
 PROBE_PIXELS = PROBE_SIDE * PROBE_SIDE
 #: a decode's peak memory over the largest activation (input plus output of one module) of the
 #: probe forward, scaled by area: 1.5 leaves room for the tensors kept alive beside it (measured:
@@ -183,29 +183,24 @@ class _Probe:
 
 
 def _probe(model: nn.Module) -> _Probe:
-    """One no-grad forward of a ``PROBE_SIDE`` gray image: the entropy bottlenecks' symbol counts
-    and the largest activation, from which both bounds scale with the image area."""
+    """No-grad forwards of a ``PROBE_SIDE`` gray image: the entropy bottlenecks' symbol counts and
+    the largest activation, from which both bounds scale with the image area."""
     from compressai.entropy_models import EntropyBottleneck
 
     symbols: dict[int, int] = {}
-    peak = [0]
 
-    def size_of(module: nn.Module, inputs: tuple, output: Any) -> None:
-        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
-        peak[0] = max(peak[0], sum(t.numel() * t.element_size() for t in tensors))
-        if isinstance(module, EntropyBottleneck) and tensors:
-            symbols[id(module)] = tensors[0][0, 0].numel()  # per channel
+    def count(module: nn.Module, inputs: tuple, output: Any) -> None:
+        symbols[id(module)] = inputs[0][0, 0].numel()  # per channel
 
-    handles = [m.register_forward_hook(size_of) for m in model.modules() if m is not model]
+    bottlenecks = [m for m in model.modules() if isinstance(m, EntropyBottleneck)]
+    handles = [m.register_forward_hook(count) for m in bottlenecks]
     try:
-        with torch.no_grad():
-            first = next(model.parameters())
-            model(torch.full((1, 3, PROBE_SIDE, PROBE_SIDE), 0.5, dtype=first.dtype, device=first.device))
+        peak = activation_peak(model, PROBE_SIDE)
     finally:
         for handle in handles:
             handle.remove()
-    bits = sum(symbols.get(id(m), 0) * _min_bits_per_channel(m) for m in model.modules() if isinstance(m, EntropyBottleneck))
-    return _Probe(bits, peak[0])
+    bits = sum(symbols.get(id(m), 0) * _min_bits_per_channel(m) for m in bottlenecks)
+    return _Probe(bits, peak)
 
 
 def _min_bits_per_channel(bottleneck: nn.Module) -> float:
@@ -218,18 +213,6 @@ def _min_bits_per_channel(bottleneck: nn.Module) -> float:
         largest = int(torch.diff(row[:length]).max()) if length > 1 else 1 << 16
         total += -math.log2(max(1, largest) / (1 << 16))
     return total
-
-
-def _available_memory() -> Optional[int]:
-    """Bytes of memory available (Linux ``MemAvailable``), or ``None`` where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _rans_tail(strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> int:

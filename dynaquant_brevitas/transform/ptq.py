@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 from torch import Tensor, nn
 
+from ..memory import PROBE_SIDE, activation_peak, available_memory
 from ..quant import ContentAwareIntQuant, calibrate
 from .config import DynaQuantConfig
 from .dynaquantize import DynaQuantState, dynaquantize
@@ -161,6 +162,7 @@ def ptq(
         raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if crops < 1 or batch_size < 1 or rounding_iters < 0:
         raise ValueError("crops and batch_size must be >= 1 and rounding_iters >= 0")
+    _check_memory(model, crops, crop_size)
     generator = torch.Generator().manual_seed(seed)
     samples = calibration_crops(images, crops, crop_size, generator)
     device = next(model.parameters()).device
@@ -178,6 +180,26 @@ def ptq(
         run.all(forward_seconds, progress)
     model.dynaquant.ptq_report = [unit.report for unit in units]
     return model.train(was_training) if was_training else model
+
+
+#: what ptq holds per crop, in units of the largest activation of one layer: the layer's inputs,
+#: the float targets and the float model's inputs, with room for the search's temporaries
+_MEMORY_FACTOR = 4
+
+
+def _check_memory(model: nn.Module, crops: int, crop_size: int) -> None:
+    """Refuse, before allocating, a calibration set that the available memory cannot hold."""
+    available = available_memory()
+    if available is None:
+        return
+    was_training = model.training
+    need = _MEMORY_FACTOR * crops * activation_peak(model.eval()) * (crop_size / PROBE_SIDE) ** 2
+    model.train(was_training)
+    if need > available:
+        raise ValueError(
+            f"ptq on {crops} crops of {crop_size} px needs about {need / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB are available: use fewer crops or smaller ones"
+        )
 
 
 def calibration_crops(
