@@ -31,6 +31,19 @@ from torch import nn
 from dynaquant_brevitas.export.ort import int8_session, int_kernel_count, ort_session
 from dynaquant_brevitas.export.qcdq import add_zero_point_shifts, calibration_inputs, deployable, export_qcdq
 
+#: the repository root
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_relative(path: Any) -> str:
+    """``path`` relative to the repository root when it lies inside it, else absolute."""
+    resolved = Path(os.path.realpath(path))
+    try:
+        return str(resolved.relative_to(Path(os.path.realpath(ROOT))))
+    except ValueError:
+        return str(resolved)
+
+
 # --------------------------------------------------------------------------- machine
 
 

@@ -70,11 +70,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def _rel(path: Any) -> str:
-    resolved = Path(os.path.realpath(path))
-    try:
-        return str(resolved.relative_to(Path(os.path.realpath(ROOT))))
-    except ValueError:
-        return str(resolved)
+    from bench_measure import repo_relative
+
+    return repo_relative(path)
 
 
 def models_from_args(args: argparse.Namespace) -> Tuple[Path, Dict[str, Path], Optional[float]]:

@@ -111,12 +111,9 @@ def _resolve(path: Any) -> Path:
 
 
 def _rel(path: Any) -> str:
-    """``path`` relative to the repository root when it lies inside it, else absolute."""
-    resolved = Path(os.path.realpath(path))
-    try:
-        return str(resolved.relative_to(Path(os.path.realpath(ROOT))))
-    except ValueError:
-        return str(resolved)
+    from bench_measure import repo_relative
+
+    return repo_relative(path)
 
 
 #: the keys every settings file must define, per section
