@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
     import bench_measure
-    import datasets
+    from dynaquant_brevitas.evaluation import datasets
     from dynaquant_brevitas.io.images import list_images
 
     float_checkpoint, checkpoints, lmbda = models_from_args(args)

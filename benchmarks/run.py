@@ -248,11 +248,11 @@ def eval_sets(settings: Dict[str, Any], names: Optional[str]) -> Dict[str, Dict[
 
 
 def source_images(name: str, spec: Dict[str, Any], settings: Dict[str, Any], work: Path) -> List[Path]:
-    """A set's image files before cropping: a folder, or written by ``benchmarks/datasets.py``."""
+    """A set's image files before cropping: a folder, or written by ``dynaquant_brevitas.evaluation.datasets``."""
     from dynaquant_brevitas.io.images import list_images
 
     if spec.get("generate"):
-        import datasets
+        from dynaquant_brevitas.evaluation import datasets
 
         writer = datasets.GENERATED[spec["generate"]]
         folder = work / "datasets" / name

@@ -300,7 +300,8 @@ def test_dynamic_targets_lie_inside_the_reachable_range():
 
 
 def test_unusual_content_set_is_deterministic(tmp_path):
-    datasets = _bench_module("datasets")
+    from dynaquant_brevitas.evaluation import datasets
+
     first = datasets.unusual(tmp_path / "a", size=64, seed=3)
     second = datasets.unusual(tmp_path / "b", size=64, seed=3)
     assert [p.name for p in first] == [f"{n}.png" for n in datasets.UNUSUAL] and len(first) == 8

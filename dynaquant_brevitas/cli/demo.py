@@ -5,24 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "dynaquantize a reference checkpoint, fine-tune briefly, evaluate float vs DynaQuant, plot"
+HELP = ("evaluate the committed reference family, float and quantized, with real bitstreams: RD curves, "
+        "robustness, a live post-training quantization, the dynamic model's bit choices")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help=HELP, description=HELP)
-    p.add_argument("--checkpoint", type=Path, help="float checkpoint (default: the committed reference)")
-    p.add_argument("--images", type=Path, help="evaluation images (default: scikit-image photos not used in training)")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=5.0, help="fine-tuning time budget (default 5)")
-    p.add_argument("--steps", type=int, default=400, help="fine-tuning steps at most (default 400)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
+                   help="folder with reference/ and quantized/ (default: the repository's checkpoints/)")
+    p.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"), help="Kodak folder")
+    p.add_argument("--kodak-images", type=int, default=6, help="how many of the fixed Kodak subset (1-6, default 6)")
+    p.add_argument("--unusual-size", type=int, default=512, help="side of the unusual-content images (default 512)")
+    p.add_argument("--ptq-crops", type=int, default=8, help="calibration crops of the live PTQ step (default 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: robust on a shared machine)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from .demo_job import run_demo
+    from .demo_job import DemoError, run_demo
 
-    if args.minutes <= 0 or args.steps <= 0 or args.threads <= 0:
-        raise ValueError("--minutes, --steps and --threads must be positive")
-    run_demo(args.output, args.checkpoint, args.images, args.minutes, args.steps, threads=args.threads)
+    if args.threads <= 0 or args.ptq_crops <= 0 or args.unusual_size < 64:
+        raise DemoError("--threads and --ptq-crops must be positive, --unusual-size at least 64")
+    run_demo(args.output, args.checkpoints, args.kodak, args.kodak_images, args.unusual_size, args.ptq_crops,
+             args.threads)
     return 0

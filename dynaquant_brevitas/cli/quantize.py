@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         bias_correction=not args.no_bias_correction, rounding=args.rounding, rounding_iters=args.rounding_iters,
         seed=args.seed, progress=not args.no_progress,
     )
-    save_model(model, args.output, arch=ckpt["arch"])
+    save_model(model, args.output, arch=ckpt["arch"], compact=True)
     widths = f"W{args.weight_bits or args.bits}A{args.bits}"
     print(f"wrote {args.output}: {widths}, {len(images)} images, {args.crops} crops of {args.crop_size} px, "
           f"{time.perf_counter() - start:.0f} s")

@@ -40,10 +40,12 @@ def plot_rd(
     metric: str = "psnr",
     references: Sequence[Mapping[str, Any]] = (),
     title: str | None = None,
+    zoom: bool = False,
 ) -> list[Path]:
     """Rate-distortion curves of ``results`` (solid, markers) over ``references`` (dashed).
 
     Each entry is a CompressAI-format result dict; writes ``output.png`` and ``output.pdf``.
+    ``zoom`` limits the axes to the span of ``results`` (references wider than that are cut).
     """
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.subplots()
@@ -59,6 +61,12 @@ def plot_rd(
                 markersize=4,
                 linewidth=1.2 if style == "--" else 1.8,
             )
+    if zoom and results:
+        rates, dists = zip(*(curve(res, metric) for res in results))
+        rates, dists = [r for rs in rates for r in rs], [d for ds in dists for d in ds]
+        pad_r, pad_d = 0.15 * (max(rates) - min(rates) or 1.0), 0.15 * (max(dists) - min(dists) or 1.0)
+        ax.set_xlim(min(rates) - pad_r, max(rates) + pad_r)
+        ax.set_ylim(min(dists) - pad_d, max(dists) + pad_d)
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel(AXIS_LABELS[metric])
     ax.set_title(title or f"Rate-distortion ({metric})")

@@ -76,6 +76,11 @@ class DynaQuantConfig:
             the offset still learns), so that 0 is exactly on the grid: the latents CompressAI's
             synthesis and hyper-synthesis transforms receive are integers, mostly 0. It also makes
             the exported zero points exact (no correction shifts).
+        integer_entropy_path: compute the hyper-synthesis ``h_s`` (decoded hyper-latents to the
+            entropy model's scales and means) and the scale-table indexes in integer arithmetic,
+            so that decoding is bit-exact across platforms; training sees the same integer
+            function (:mod:`dynaquant_brevitas.nn.integer_path`). ScaleHyperprior and
+            MeanScaleHyperprior-like models; needs integer (or zero) activation zero points.
         selector_hidden, selector_pool, selector_dropout: selector MLP width, pooled grid size and
             dropout.
         analysis, synthesis: attribute names of the analysis and synthesis transforms.
@@ -100,6 +105,7 @@ class DynaQuantConfig:
     activation_per_channel: bool = True
     weight_offset: bool = False
     integer_zero_point: bool = False
+    integer_entropy_path: bool = False
     selector: str = "mlp"
     selector_hidden: int = 64
     selector_pool: int = 5

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import DynaQuantLayer, Selection
+from ..nn.integer_path import install as install_integer_path
 from ..quant import BitChoice
 from ..registry import handler_for, lookup
 from .adapters import DECODER, ENCODER
@@ -174,6 +175,8 @@ def dynaquantize(model: nn.Module, config: Optional[DynaQuantConfig] = None) -> 
     for name, method in (("compress", _compress_in_eval_mode), ("decompress", _decompress_in_eval_mode)):
         if callable(getattr(type(model), name, None)):
             setattr(model, name, MethodType(method, model))
+    if config.integer_entropy_path:
+        install_integer_path(model)
     return model
 
 
