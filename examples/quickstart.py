@@ -8,7 +8,7 @@
 4. compress and decompress a held-out photo with real bitstreams: float, static INT8 and dynamic;
 5. ``freeze`` the most frequent choice per layer into a static model and code the photo again.
 
-Run from the repository root (``make demo`` does): ``python examples/quickstart.py``.
+Run from the repository root: ``python examples/quickstart.py``.
 """
 
 from __future__ import annotations

@@ -106,3 +106,10 @@ def test_refusals():
         quant.offset.fill_(0.3)
     with pytest.raises(IntegerPathError, match="integer_zero_point"):
         build_program(model.h_s)
+
+
+def test_a_float64_model_builds_the_same_program():
+    """Constants come from the float32 parameters, whatever precision the decoder runs in."""
+    model = _tiny(MeanScaleHyperprior)
+    a, b = build_program(model.h_s), build_program(copy.deepcopy(model.h_s).double())
+    assert all(torch.equal(x.weight, y.weight) and torch.equal(x.bias, y.bias) for x, y in zip(a.layers, b.layers))

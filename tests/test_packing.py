@@ -94,3 +94,29 @@ def test_brevitas_stock_layers_pack_too(tmp_path):
     unpacked = unpack_model(tmp_path / "b.dqpk")
     for name, layer in model.named_children():
         assert np.array_equal(unpacked["dequantized"][name][8], layer.quant_weight().value.detach().numpy())
+
+
+def test_compact_checkpoints_store_integers_and_rebuild_the_same_model(tmp_path):
+    """Frozen mixed precision (2- to 8-bit weights): integers on disk, the same quantized weights
+    and outputs after loading; a dynamic model keeps its float weights."""
+    import torch
+    from compressai.models import ScaleHyperprior
+
+    from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, freeze, load_model, save_model
+    from dynaquant_brevitas.io.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(weight_bits=(2, 4, 8), activation_bits=(8,)))
+    calibrate(model, [torch.rand(2, 3, 64, 64)])
+    frozen = freeze(model, "min").eval()
+    small = save_model(frozen, tmp_path / "frozen.pt", compact=True)
+    ckpt = load_checkpoint(small)
+    assert all(ckpt["state_dict"][k].dtype == torch.int8 for k in ckpt["integer_weights"])
+    assert sorted(set(ckpt["integer_weights"].values())) == [2, 8]  # the dynamic layers at min, fixed at 8
+    again = load_model(small).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x)["x_hat"], frozen(x)["x_hat"])
+    assert small.stat().st_size < 0.7 * save_model(frozen, tmp_path / "full.pt").stat().st_size
+    dynamic = load_checkpoint(save_model(model, tmp_path / "dynamic.pt", compact=True))
+    assert dynamic["integer_weights"] == {}

@@ -18,9 +18,9 @@ their order, so this module computes the hyper-synthesis ``h_s`` in integers end
   ``q * step`` is exact in float32); the scale-table index is found by comparing those integers
   with integer thresholds (:func:`scale_indexes`).
 
-Every constant is derived from the model's parameters with element-wise float64 operations and
+Every constant is derived from the model's float32 parameters with element-wise operations and
 rounding, which IEEE 754 defines exactly, so encoder and decoder build the same program from the
-same checkpoint. :func:`install` hooks the program onto ``model.h_s``: in evaluation the hook's
+same checkpoint (a model running in float64 is read through a float32 copy). :func:`install` hooks the program onto ``model.h_s``: in evaluation the hook's
 output *is* the integer result; in training the forward value is the integer result and the
 gradient flows through the fake-quantized float layers (the straight-through trick), so the RD
 cost of the integer path is trained in. ``dynaquant_brevitas.export.integer_path`` runs the same
@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
@@ -151,7 +152,13 @@ def _as_conv_weight(layer: nn.Module, q: Tensor) -> Tuple[Tensor, str, Tuple[int
 
 @torch.no_grad()
 def build_program(h_s: nn.Module) -> IntegerProgram:
-    """The integer program of a DynaQuant-quantized hyper-synthesis ``h_s`` (static widths)."""
+    """The integer program of a DynaQuant-quantized hyper-synthesis ``h_s`` (static widths).
+
+    The constants come from the float32 parameters (a model running in another precision is read
+    through a float32 copy), so every decoder of the same checkpoint builds the same program.
+    """
+    if any(p.dtype != torch.float32 for p in h_s.parameters()):
+        h_s = copy.deepcopy(h_s).float()
     found = _compute_layers(h_s)
     first = _grid(found[0][0], "input_quant")
     program = IntegerProgram(first.scale.float(), first.zero_point.float(), int(first.qmin), int(first.qmax))
