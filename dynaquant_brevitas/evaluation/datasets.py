@@ -16,7 +16,7 @@ From the command line: ``python benchmarks/datasets.py photos2|unusual FOLDER``.
 
 Example:
     >>> import tempfile
-    >>> [p.name for p in unusual(tempfile.mkdtemp(), size=32)][:3]
+    >>> [p.name for p in unusual(tempfile.mkdtemp(), size=64)][:3]
     ['gradients.png', 'colour_wheel.png', 'colour_sweeps.png']
 """
 
