@@ -120,3 +120,20 @@ def test_compact_checkpoints_store_integers_and_rebuild_the_same_model(tmp_path)
     assert small.stat().st_size < 0.7 * save_model(frozen, tmp_path / "full.pt").stat().st_size
     dynamic = load_checkpoint(save_model(model, tmp_path / "dynamic.pt", compact=True))
     assert dynamic["integer_weights"] == {}
+
+
+def test_a_compact_checkpoint_naming_a_wrong_layer_is_refused(tmp_path):
+    import pytest
+    import torch
+    from compressai.models import ScaleHyperprior
+
+    from dynaquant_brevitas import DynaQuantConfig, calibrate, dynaquantize, load_model, save_model
+    from dynaquant_brevitas.io.checkpoint import CheckpointError, load_checkpoint, save_atomic
+
+    model = dynaquantize(ScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(8,)))
+    calibrate(model, [torch.rand(1, 3, 64, 64)])
+    ckpt = load_checkpoint(save_model(model, tmp_path / "m.pt", compact=True))
+    ckpt["integer_weights"]["g_a.1.beta"] = 8
+    save_atomic(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="g_a.1.beta"):
+        load_model(tmp_path / "bad.pt")

@@ -142,6 +142,21 @@ def test_cli_round_trip(float_run: Path, tmp_path: Path, capsys) -> None:  # noq
     assert (export / "g_a.onnx").exists() and (export / "g_s.onnx").exists()
 
 
+def test_cli_integer_entropy_path(float_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """`--integer-entropy-path` is stored in the checkpoint: loading it installs the integer path."""
+    from dynaquant_brevitas import load_model
+    from dynaquant_brevitas.nn import integer_path
+
+    out = tmp_path / "q.pt"
+    assert _quantize("--checkpoint", float_run / "final.pt", "--images", TRAIN_DIR, "-o", out, "--crops", "4",
+                     "--crop-size", "64", "--integer-entropy-path") == 0
+    model = load_model(out)
+    assert integer_path.installed(model) and model.dynaquant.config.integer_entropy_path
+    image = next(write_images(tmp_path / "images").iterdir())
+    assert main(["encode", "--checkpoint", str(out), str(image), "-o", str(tmp_path / "a.dqic")]) == 0
+    assert main(["decode", "--checkpoint", str(out), str(tmp_path / "a.dqic"), "-o", str(tmp_path / "a.png")]) == 0
+
+
 def test_cli_refusals(float_run: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
     empty = tmp_path / "empty"
     empty.mkdir()

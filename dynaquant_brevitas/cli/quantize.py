@@ -47,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--crops", type=positive_int, default=32, help="random calibration crops (default 32)")
     p.add_argument("--crop-size", type=positive_int, default=256, help="their side, a multiple of 64 (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops (default 0)")
+    p.add_argument("--integer-entropy-path", action="store_true",
+                   help="compute the entropy model's scales (and means) in integers: bit-exact decoding across "
+                        "platforms (ScaleHyperprior, MeanScaleHyperprior; docs/bit-exact.md)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no time estimate and progress bar")
     return p
@@ -117,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         bias_correction=not args.no_bias_correction, rounding=args.rounding, rounding_iters=args.rounding_iters,
         seed=args.seed, progress=not args.no_progress,
     )
+    if args.integer_entropy_path:
+        from ..nn.integer_path import install
+
+        install(model)
+        model.dynaquant.config = model.dynaquant.config.replace(integer_entropy_path=True)
     save_model(model, args.output, arch=ckpt["arch"], compact=True)
     widths = f"W{args.weight_bits or args.bits}A{args.bits}"
     print(f"wrote {args.output}: {widths}, {len(images)} images, {args.crops} crops of {args.crop_size} px, "

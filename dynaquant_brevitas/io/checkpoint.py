@@ -185,7 +185,9 @@ def _expand_integer_weights(model: nn.Module, integer: Mapping[str, int]) -> Non
     """Replace the integers a compact checkpoint stored (loaded as floats) by the weights they stand for."""
     modules = dict(unwrap(model).named_modules())
     for key, bits in integer.items():
-        layer = modules[key.rpartition(".")[0]]
+        layer = modules.get(key.rpartition(".")[0])
+        if not isinstance(layer, DynaQuantLayer) or not key.endswith(".weight"):
+            raise CheckpointError(f"integer_weights names {key!r}, which is not the weight of a quantized layer")
         layer.weight.copy_(layer.weight_quant.tensor_quant.qparams(int(bits)).dequantize(layer.weight))
 
 
