@@ -346,3 +346,16 @@ def _copy(model):
     import copy
 
     return copy.deepcopy(model)
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared/data/kodak").is_dir(), reason="needs ../shared/data/kodak")
+def test_cross_platform_harness_on_one_image(tmp_path):
+    """benchmarks/cross_platform.py end to end on one Kodak image: the integer path decodes its
+    latents exactly under every perturbation (the float model's counts depend on the image)."""
+    harness = _bench_module("cross_platform")
+    assert harness.main(["--quick", "--images", "1", "--output", str(tmp_path / "cp.json")]) == 0
+    rows = json.loads((tmp_path / "cp.json").read_text())["rows"]
+    integer = [r for r in rows if r["path"] == "integer"]
+    assert {r["perturbation"] for r in integer} == set(harness.PERTURBATIONS)
+    assert all(r["exact"] == r["images"] == 1 for r in integer)
+    assert {r["path"] for r in rows} == {"float", "fake-quant", "integer"}
