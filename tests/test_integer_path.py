@@ -113,3 +113,19 @@ def test_a_float64_model_builds_the_same_program():
     model = _tiny(MeanScaleHyperprior)
     a, b = build_program(model.h_s), build_program(copy.deepcopy(model.h_s).double())
     assert all(torch.equal(x.weight, y.weight) and torch.equal(x.bias, y.bias) for x, y in zip(a.layers, b.layers))
+
+
+def test_training_with_the_option_runs_and_keeps_it(tmp_path):
+    from dynaquant_brevitas.training import TrainConfig, train
+
+    cfg = TrainConfig.from_dict({
+        "model": {"arch": "bmshj2018-hyperprior", "N": 8, "M": 12},
+        "data": {"root": "../shared/data/train", "patch_size": 64, "batch_size": 2},
+        "train": {"steps": 2, "output": str(tmp_path), "checkpoint_every": 2, "progress": False},
+        "quant": {"config": {"candidate_bits": [8], "integer_entropy_path": True, "calibration_batches": 1}},
+    })
+    train(cfg)
+    model = load_model(tmp_path / "last.pt")
+    assert integer_path.installed(model)
+    coded = encode_image(prepare_for_coding(model), torch.rand(1, 3, 64, 64))
+    assert decode_image(model, coded.strings, coded.shape, (64, 64)).shape == (1, 3, 64, 64)
