@@ -51,3 +51,10 @@ def test_missing_checkpoints_and_images_are_clear_errors(tmp_path):
         run_demo(tmp_path / "out", kodak_images=7)
     with pytest.raises(DemoError, match="pass --kodak"):
         run_demo(tmp_path / "out", checkpoints=REPO / "checkpoints", kodak=tmp_path)
+
+
+def test_a_second_demo_into_the_same_folder_is_refused(tmp_path):
+    from dynaquant_brevitas.io.files import LockedError, folder_lock
+
+    with folder_lock(tmp_path), pytest.raises(LockedError, match="in use"):
+        run_demo(tmp_path, checkpoints=REPO / "checkpoints")

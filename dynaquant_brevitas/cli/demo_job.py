@@ -33,7 +33,7 @@ from ..evaluation.classic import classic_curve
 from ..evaluation.datasets import photos2, unusual
 from ..evaluation.plot import plot_bit_heatmap, plot_rd
 from ..io.checkpoint import load_model
-from ..io.files import write_json
+from ..io.files import folder_lock, write_json
 from ..transform import average_bits, layer_macs, model_size_bytes
 
 __all__ = ["DEMO_MODELS", "DemoError", "TOLERANCE", "compare_rows", "find_reference", "quantized_checkpoint_name",
@@ -242,9 +242,14 @@ def run_demo(
     if not 1 <= kodak_images <= len(KODAK_SUBSET):
         raise DemoError(f"--kodak-images must be 1 to {len(KODAK_SUBSET)}")
     torch.set_num_threads(threads)
-    start = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
     paths = _checkpoints(checkpoints)
+    with folder_lock(output):  # a second demo into the same folder stops at once, naming it
+        return _demo(output, paths, kodak, kodak_images, unusual_size, ptq_crops)
+
+
+def _demo(output: Path, paths: Dict[str, List[Path]], kodak: Path, kodak_images: int, unusual_size: int,
+          ptq_crops: int) -> Dict[str, Any]:
+    start = time.perf_counter()
     sets = _image_sets(output, kodak, kodak_images, unusual_size)
     curve_keys = ["float", "ablation-int8-no-offset", "ptq-w8a8", "mixed-w5.5-a8"]
     jobs = [(k, [str(p) for p in paths[k]], sets["kodak"], False) for k in curve_keys]
