@@ -337,20 +337,24 @@ class _Run:
                 disabled[u.name] = stack.enter_context(contextlib.ExitStack())
                 disabled[u.name].enter_context(_disabled(u.module))
             bar = None
+            seconds = []
             for i, unit in enumerate(pending):
                 started = time.perf_counter()
                 disabled.pop(unit.name).close()
                 self.layer(unit, done / total_macs)
                 done += unit.macs * unit.calls
-                if i == 0 and progress:
-                    estimate = self._estimate(time.perf_counter() - started, forward_seconds)
+                seconds.append(time.perf_counter() - started)
+                if i == min(1, len(pending) - 1) and progress:
+                    # the first layer (3 input channels) is no guide to the rest: each further layer
+                    # costs at least what the second did, whatever its MACs
+                    estimate = max(self._estimate(seconds[0], forward_seconds), seconds[0] + seconds[-1] * (len(pending) - 1))
                     print(
                         f"ptq: {len(pending)} layers on {sum(len(b) for b in self.batches)} crops, "
-                        f"about {_duration(estimate)} (first layer {_duration(time.perf_counter() - started)})",
+                        f"about {_duration(estimate)} (first layers {_duration(sum(seconds))})",
                         file=sys.stderr,
                         flush=True,
                     )
-                    bar = stack.enter_context(tqdm(total=len(pending), initial=1, desc="ptq", unit="layer"))
+                    bar = stack.enter_context(tqdm(total=len(pending), initial=i + 1, desc="ptq", unit="layer"))
                 elif bar is not None:
                     bar.update(1)
                 if bar is not None:
