@@ -29,9 +29,6 @@ import numpy as np
 
 __all__ = ["indexes_numpy", "load_program", "run_numpy", "save_program"]
 
-_FIELDS = ("weight", "bias", "stride", "padding", "activation", "leaky", "low", "high", "kind")
-
-
 def save_program(program: Any, path: str | os.PathLike) -> Path:
     """Write an :class:`~dynaquant_brevitas.nn.integer_path.IntegerProgram` to ``path`` (``.npz``)."""
     from ..io.files import write_atomic

@@ -300,7 +300,3 @@ def uninstall(model: nn.Module) -> nn.Module:
         del model.gaussian_conditional.build_indexes
     return model
 
-
-def integer_program(model: nn.Module) -> Optional[IntegerProgram]:
-    """The program :func:`install` runs for ``model`` (``None`` when not installed)."""
-    return build_program(model.h_s) if installed(model) else None
