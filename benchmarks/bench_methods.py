@@ -58,6 +58,9 @@ class Method:
         mixed: ``mixed`` kind: ``budget`` and ``cost`` (``"bitops"`` or ``"size"``) of
             ``transform.mixed.mixed_profile``; the widths are the config's ``weight_bits`` and
             ``activation_bits``.
+        fit: a dynamic method whose selectors are refitted on a choice table
+            (``training.selector_fit``) after the training of the method named ``after`` (shared
+            with that row): ``budget`` and ``cost`` of ``fit_selectors``.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Method:
     quant: Dict[str, Any] = field(default_factory=dict)
     schedule: Dict[str, Any] = field(default_factory=dict)
     mixed: Dict[str, Any] = field(default_factory=dict)
+    fit: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
@@ -84,6 +88,8 @@ class Method:
         spec = {"name": self.name, "kind": self.kind, "quant": self.quant, "schedule": self.schedule}
         if self.mixed:
             spec["mixed"] = self.mixed
+        if self.fit:
+            spec["fit"] = self.fit
         return spec
 
 
@@ -169,6 +175,11 @@ METHODS: List[Method] = [
            "(benchmarks/selector_study.py's scale-div)",
            _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8], selector="scale-aware"),
            {**_target(6.0, "bitops"), "diversity": 0.05}),
+    Method("dyn-w3468-a68-bitops6-fit", "dynaquant",
+           "dyn-w3468-a68-bitops6 (the same training) with its selectors refitted to a per-image choice table of "
+           "training crops at 6.0 average bits (BitOPs) (training.selector_fit)",
+           _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8]), _target(6.0, "bitops"),
+           fit={"after": "dyn-w3468-a68-bitops6", "budget": 6.0, "cost": "bitops"}),
     Method("dyn-w3468-a68-layers6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "
            "(6.0 BitOPs bits at an even choice)",
@@ -539,6 +550,36 @@ def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainC
     seconds = json.loads(timing.read_text())["train_seconds"] if timing.exists() else None
     return {"model": prepare_for_coding(model), "checkpoint": str(final), "train_seconds": seconds,
             "trained_now": trained_now}
+
+
+def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, Any], cfg: TrainConfig,
+                    settings: Dict[str, Any]) -> Dict[str, Any]:
+    """``got`` (a trained dynamic model, :func:`obtain_model`) with its selectors refitted
+    (``training.selector_fit``) on seeded training crops, cached beside the training run."""
+    from dynaquant_brevitas.evaluation import prepare_for_coding
+    from dynaquant_brevitas.io.checkpoint import load_model, save_model
+    from dynaquant_brevitas.io.files import write_json
+    from dynaquant_brevitas.training.selector_fit import choice_table, fit_selectors
+    from dynaquant_brevitas.transform.ptq import calibration_crops
+
+    out = Path(cfg.train.output) / f"fit-{key_of(method.fit, settings)[:8]}"
+    final = out / FINAL
+    if not final.exists():
+        start = time.time()
+        crops, size = int(settings["crops"]), int(settings["crop_size"])
+        print(f"  refitting the selectors of {method.name}: {crops} crops of {size} px", flush=True)
+        images = training_images(cfg.data.root, int(settings["images"]), cfg.train.seed + 1)
+        batch = torch.cat(calibration_crops(images, crops, size, torch.Generator().manual_seed(cfg.train.seed + 1)))
+        model = load_model(got["checkpoint"])
+        table = choice_table(model, batch, float(reference["lmbda"]))
+        report = fit_selectors(model, table, float(method.fit["budget"]), str(method.fit["cost"]), seed=cfg.train.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(model, final)
+        write_json(out / "fit.json", dict(report, seconds=time.time() - start, base=table.base))
+    report = json.loads((out / "fit.json").read_text())
+    seconds = (got["train_seconds"] or 0.0) + report["seconds"]
+    return {"model": prepare_for_coding(load_model(final)), "checkpoint": str(final), "train_seconds": seconds,
+            "trained_now": got["trained_now"], "fit": report}
 
 
 def fresh_quantized(method: Method, float_model: nn.Module, cfg: TrainConfig, samples) -> nn.Module:

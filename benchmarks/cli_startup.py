@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cli_startup.json")
     args = parser.parse_args()
-    commands = {"dynaquant --help": ["--help"], **{f"dynaquant {c} --help": [c, "--help"] for c in COMMANDS}}
+    commands = {"dynaquant --help": ["--help"], **{f"dynaquant {c} --help": [c, "--help"] for c in (n.replace("_", "-") for n in COMMANDS)}}
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats):
         for name, argv in commands.items():

@@ -74,6 +74,7 @@ QUICK = {
     "sensitivity": {"crops": 2, "crop_size": 64},
     "ptq": {"crops": 2, "crop_size": 64, "progress": False},
     "oracle": {"max_profiles": 3},
+    "selector_fit": {"images": 2, "crops": 4, "crop_size": 64},
 }
 QUICK_METHODS = "all"  # every method, each on the tiny settings above: 3-6 minutes on one core
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483, 7: 0.0932, 8: 0.18}
@@ -142,6 +143,7 @@ def load_settings(args: argparse.Namespace) -> Dict[str, Any]:
         raise SystemExit(f"{args.config}: missing setting(s) {', '.join(missing)} (see benchmarks/config.yaml)")
     settings.setdefault("eval_sets", {})
     settings.setdefault("oracle", {"max_profiles": 8})
+    settings.setdefault("selector_fit", {"images": 96, "crops": 384, "crop_size": 128})
     if args.quick:
         for section, values in QUICK.items():
             if section == "eval_sets":
@@ -329,8 +331,12 @@ class Run:
         if method.kind == "ptq":
             extra["ptq"] = {k: v for k, v in settings["ptq"].items() if k != "progress"}
         trains = method.trained or method.kind in bench_methods.POST_TRAINING_KINDS
-        self.key = key_of("train", method.spec(), ref["sha256"], self.train if trains else None, extra)
-        self.dir = work / "train" / method.name / f"q{ref['quality']}-{self.key[:8]}"
+        trained_as = bench_methods.BY_NAME[method.fit["after"]] if method.fit else method  # a refit shares its training
+        self.trained_as = trained_as
+        self.key = key_of("train", trained_as.spec(), ref["sha256"], self.train if trains else None, extra)
+        self.dir = work / "train" / trained_as.name / f"q{ref['quality']}-{self.key[:8]}"
+        if method.fit:
+            self.key = key_of("fit", self.key, method.spec(), settings["selector_fit"])
         self.mixed: Optional[Dict[str, Any]] = None
 
     def config(self, with_profile: bool = True):
@@ -343,15 +349,19 @@ class Run:
             sens = bench_methods.sensitivity_of(self.ref, self.settings["sensitivity"], self.train["data"], self.work)
             self.mixed = bench_methods.mixed_profile_of(self.method, sens)
             profile = self.mixed["profile"]
-        return bench_methods.train_config(self.method, self.ref, self.train, self.dir, profile=profile)
+        return bench_methods.train_config(self.trained_as, self.ref, self.train, self.dir, profile=profile)
 
     def obtain(self) -> Dict[str, Any]:
         if self.method.dynamic and self.ref.get("available"):
             from dynaquant_brevitas.io.checkpoint import load_model
 
             bench_methods.check_target(load_model(self.ref["checkpoint"]), self.method)
-        return bench_methods.obtain_model(self.method, self.ref, self.config(),
-                                          int(self.settings["train"]["calibration_batches"]), self.settings["ptq"])
+        cfg = self.config()
+        got = bench_methods.obtain_model(self.trained_as, self.ref, cfg,
+                                         int(self.settings["train"]["calibration_batches"]), self.settings["ptq"])
+        if self.method.fit:
+            got = bench_methods.refit_selectors(self.method, got, self.ref, cfg, self.settings["selector_fit"])
+        return got
 
 
 def run_point(run: Run, got: Dict[str, Any], set_name: str, images: List[Path], work: Path, key: str,
@@ -393,6 +403,8 @@ def run_point(run: Run, got: Dict[str, Any], set_name: str, images: List[Path], 
     }
     if run.mixed:
         point["mixed_profile"] = run.mixed
+    if got.get("fit"):
+        point["selector_fit"] = got["fit"]
     if set_name == "kodak":
         size = bench_measure.read_size(images[0])
         macs = layer_macs(model, (1, 3, size[1], size[0]))

@@ -1,7 +1,7 @@
 """The ``dynaquant`` command line: a parser with one subcommand per module in :mod:`.commands`.
 
 To add a subcommand, write ``cli/NAME.py`` with ``add_parser(subparsers)`` and ``run(args) -> int``
-and append ``"NAME"`` to :data:`COMMANDS`. Command modules import the library inside ``run``, so
+and append ``"NAME"`` to :data:`COMMANDS` (``fit_selector.py`` is ``dynaquant fit-selector``). Command modules import the library inside ``run``, so
 ``--help`` answers without importing torch.
 
 Example:
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 #: Subcommand modules under ``dynaquant_brevitas.cli``, in help order.
-COMMANDS: tuple[str, ...] = ("demo", "train", "quantize", "eval", "sensitivity", "encode", "decode", "plot", "export", "plugins")
+COMMANDS: tuple[str, ...] = ("demo", "train", "quantize", "eval", "sensitivity", "fit_selector", "encode", "decode", "plot", "export", "plugins")
 
 #: Exit status for errors in the user's input (bad file, bad config, refused container).
 EXIT_USER_ERROR = 2

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..transform import freeze
 from ..transform.cost import average_bits, layer_macs
+from ..transform.mixed import multiple_choice_knapsack
 
 __all__ = ["oracle_bound", "oracle_choice"]
 
@@ -41,24 +42,14 @@ def oracle_choice(rd: Sequence[Sequence[float]], costs: Sequence[float], budget:
     Raises:
         ValueError: if no profile is within the budget.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     table = np.asarray(rd, dtype=float)
     costs = np.asarray(costs, dtype=float)
     allowed = np.flatnonzero(costs <= budget + 1e-9)
     if allowed.size == 0:
         raise ValueError(f"no profile costs at most {budget} bits (the cheapest: {costs.min():.3f})")
     single = int(allowed[np.argmin(table[:, allowed].mean(axis=0))])
-    images, profiles = table.shape
-    one_each = np.kron(np.eye(images), np.ones((1, profiles)))
-    spend = np.tile(costs, images)[None, :] / images
-    result = milp(
-        table.ravel(),
-        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(spend, -np.inf, budget + 1e-9)],
-        integrality=np.ones(images * profiles),
-        bounds=Bounds(0, 1),
-    )
-    oracle = [int(np.argmax(row)) for row in result.x.reshape(images, profiles)]
+    images = table.shape[0]
+    oracle = multiple_choice_knapsack(table, np.tile(costs / images, (images, 1)), budget + 1e-9)
     return {"single": single, "oracle": oracle}
 
 

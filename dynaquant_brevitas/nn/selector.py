@@ -101,8 +101,15 @@ class BitSelector(nn.Module):
         Large feature maps are read with a stride so that at most about ``max_side`` pixels per
         side are pooled: statistics need no more, and the selector stays cheap on big images.
         """
-        mean, spread, energy = self.statistics(x)
+        return self.embed(*self.statistics(x))
+
+    def embed(self, mean: Tensor, spread: Tensor, energy: Tensor) -> Tensor:
+        """The MLP's input from :meth:`statistics` (kept apart so statistics can be stored)."""
         return F.layer_norm(torch.cat([mean, spread, energy], dim=1), (self.features_dim,))
+
+    def logits(self, features: Tensor) -> Tensor:
+        """``(N, layers, candidates)`` logits from :meth:`features`."""
+        return self.mlp(features).view(features.shape[0], self.layers, len(self.candidates))
 
     def statistics(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(mean, spread, energy)``: per-channel mean and standard deviation, and the
@@ -116,7 +123,7 @@ class BitSelector(nn.Module):
         return mean, spread, F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
 
     def forward(self, x: Tensor) -> Selection:
-        logits = self.mlp(self.features(x)).view(x.shape[0], self.layers, len(self.candidates))
+        logits = self.logits(self.features(x))
         probs = logits.softmax(dim=-1)
         if self.training:
             weights = F.gumbel_softmax(logits, tau=float(self.temperature), hard=True, dim=-1)
@@ -148,8 +155,7 @@ class ScaleAwareSelector(BitSelector):
         super().__init__(channels, layers, candidates, hidden=hidden, pool=pool, dropout=dropout)
         self.norm = nn.BatchNorm1d(self.features_dim)
 
-    def features(self, x: Tensor) -> Tensor:
-        mean, spread, energy = self.statistics(x)
+    def embed(self, mean: Tensor, spread: Tensor, energy: Tensor) -> Tensor:
         features = torch.cat([mean, torch.log(spread + 1e-4), torch.log(energy + 1e-4)], dim=1)
         if self.training and features.shape[0] == 1:
             return F.batch_norm(features, self.norm.running_mean, self.norm.running_var, self.norm.weight,

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .sensitivity import Sensitivity
 
-__all__ = ["mixed_profile", "profile_cost"]
+__all__ = ["multiple_choice_knapsack", "mixed_profile", "profile_cost"]
 
 FLOAT_BITS = 32
 
@@ -72,8 +72,6 @@ def mixed_profile(
     Raises:
         ValueError: if no profile fits the budget.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     if cost not in ("bitops", "size"):
         raise ValueError(f"cost must be 'bitops' or 'size', not {cost!r}")
     weights = sorted(set(weight_bits or sens.widths))
@@ -97,18 +95,33 @@ def mixed_profile(
     floats = sens.extra.get("float_macs" if cost == "bitops" else "float_params", 0.0)  # float layers, 32 bits
     limit += (budget**2 * floats - floats * FLOAT_BITS**2) if cost == "bitops" else (budget - FLOAT_BITS) * floats
     limit -= sum(price(n, *kept[n]) for n in kept)
-    variables = [(n, p) for n in chosen for p in pairs]
-    objective = np.array([sens.cost(n, *p) for n, p in variables])
-    one_each = np.array([[1.0 if v[0] == n else 0.0 for v in variables] for n in chosen])
-    spend = np.array([[price(n, *p) for n, p in variables]])
+    objective = np.array([[sens.cost(n, *p) for p in pairs] for n in chosen])
+    picked = multiple_choice_knapsack(objective, np.array([[price(n, *p) for p in pairs] for n in chosen]), limit)
+    if picked is None:
+        cheapest = profile_cost(sens, {**kept, **{n: (weights[0], activations[0]) for n in chosen}}, cost)
+        raise ValueError(f"no profile fits an average of {budget} bits ({cost}); the cheapest gives {cheapest:.2f}")
+    picked = {n: pairs[k] for n, k in zip(chosen, picked)}
+    return {n: (picked[n] if n in picked else kept[n]) for n in sens.layers}
+
+
+def multiple_choice_knapsack(values: np.ndarray, prices: np.ndarray, limit: float) -> Optional[List[int]]:
+    """One option per row of ``values`` (rows x options) with the smallest summed value and the
+    summed price at most ``limit``: a multiple-choice knapsack, solved exactly with SciPy's
+    ``milp`` (HiGHS). ``None`` when no choice fits.
+
+    >>> multiple_choice_knapsack(np.array([[0.0, 1.0], [0.0, 5.0]]), np.array([[2.0, 1.0], [2.0, 1.0]]), 3.0)
+    [1, 0]
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    rows, options = values.shape
     result = milp(
-        objective,
-        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(spend, -np.inf, limit)],
-        integrality=np.ones(len(variables)),
+        values.ravel(),
+        constraints=[LinearConstraint(np.kron(np.eye(rows), np.ones((1, options))), 1, 1),
+                     LinearConstraint(prices.reshape(1, -1), -np.inf, limit)],
+        integrality=np.ones(rows * options),
         bounds=Bounds(0, 1),
     )
     if not result.success:
-        cheapest = profile_cost(sens, {**kept, **{n: (weights[0], activations[0]) for n in chosen}}, cost)
-        raise ValueError(f"no profile fits an average of {budget} bits ({cost}); the cheapest gives {cheapest:.2f}")
-    picked = {v[0]: v[1] for v, x in zip(variables, result.x) if x > 0.5}
-    return {n: (picked[n] if n in picked else kept[n]) for n in sens.layers}
+        return None
+    return [int(np.argmax(row)) for row in result.x.reshape(rows, options)]

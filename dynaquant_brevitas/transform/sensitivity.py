@@ -31,7 +31,7 @@ from .config import DynaQuantConfig
 from .cost import layer_macs
 from .dynaquantize import dynaquant_layers, dynaquantize
 
-__all__ = ["Delta", "Sensitivity", "estimated_rd", "sensitivity"]
+__all__ = ["Delta", "Sensitivity", "estimated_rd", "per_image_rd", "sensitivity"]
 
 
 @dataclass
@@ -94,6 +94,15 @@ def estimated_rd(model: nn.Module, images: Sequence[Tensor], lmbda: float) -> De
         mse += float(torch.mean((out["x_hat"].clamp(0, 1) - x) ** 2))
     bpp, mse = bpp / len(images), mse / len(images)
     return Delta(bpp, mse, bpp + lmbda * 255**2 * mse)
+
+
+def per_image_rd(model: nn.Module, x: Tensor, lmbda: float) -> Tensor:
+    """``(N,)`` estimated RD cost ``bpp + lmbda 255^2 MSE`` of each image of the batch ``x``
+    (float64), without entropy coding."""
+    out = model(x)
+    bits = sum(torch.log2(lik).flatten(1).sum(1) for lik in out["likelihoods"].values())
+    mse = ((out["x_hat"].clamp(0, 1) - x) ** 2).flatten(1).mean(1)
+    return (-bits / (x.shape[2] * x.shape[3]) + lmbda * 255**2 * mse).double()
 
 
 def _proxies(layer: nn.Module) -> Dict[str, nn.Module]:
