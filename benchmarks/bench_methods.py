@@ -58,9 +58,11 @@ class Method:
         mixed: ``mixed`` kind: ``budget`` and ``cost`` (``"bitops"`` or ``"size"``) of
             ``transform.mixed.mixed_profile``; the widths are the config's ``weight_bits`` and
             ``activation_bits``.
-        fit: a dynamic method whose selectors are refitted on a choice table
+        fit: a dynamic method whose selectors are fitted on a choice table
             (``training.selector_fit``) after the training of the method named ``after`` (shared
-            with that row): ``budget`` and ``cost`` of ``fit_selectors``.
+            with that row): ``budget`` and ``cost`` of ``fit_selectors``. After a static
+            (``mixed``) method, the model is first made dynamic around its profile
+            (``transform.unfreeze`` with this method's ``quant``).
     """
 
     name: str
@@ -180,6 +182,12 @@ METHODS: List[Method] = [
            "training crops at 6.0 average bits (BitOPs) (training.selector_fit)",
            _dq((8,), weight_bits=[3, 4, 6, 8], activation_bits=[6, 8]), _target(6.0, "bitops"),
            fit={"after": "dyn-w3468-a68-bitops6", "budget": 6.0, "cost": "bitops"}),
+    Method("dyn-around-mixed-bitops6", "dynaquant",
+           "mixed-bitops6's trained static model (the same training) made dynamic around its profile: the six "
+           "dynamic layers choose per image among weights {4,5,6,8} x activations {5,6,8}, selectors fitted to a "
+           "choice table at 6.0 average bits (BitOPs); the other layers keep their static widths",
+           _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8]), _target(6.0, "bitops"),
+           fit={"after": "mixed-bitops6", "budget": 6.0, "cost": "bitops"}),
     Method("dyn-w3468-a68-layers6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "
            "(6.0 BitOPs bits at an even choice)",
@@ -570,8 +578,12 @@ def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, An
         print(f"  refitting the selectors of {method.name}: {crops} crops of {size} px", flush=True)
         images = training_images(cfg.data.root, int(settings["images"]), cfg.train.seed + 1)
         batch = torch.cat(calibration_crops(images, crops, size, torch.Generator().manual_seed(cfg.train.seed + 1)))
-        model = load_model(got["checkpoint"])
-        table = choice_table(model, batch, float(reference["lmbda"]))
+        model, base = load_model(got["checkpoint"]), None
+        if hasattr(model, "dynaquant_profile"):  # a static model: dynamic around its profile
+            from dynaquant_brevitas.transform import unfreeze
+
+            model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config), model.dynaquant_profile
+        table = choice_table(model, batch, float(reference["lmbda"]), base=base)
         report = fit_selectors(model, table, float(method.fit["budget"]), str(method.fit["cost"]), seed=cfg.train.seed)
         out.mkdir(parents=True, exist_ok=True)
         save_model(model, final)

@@ -325,14 +325,14 @@ class Run:
     def __init__(self, method, ref: Dict[str, Any], seed: int, settings: Dict[str, Any], work: Path) -> None:
         self.method, self.ref, self.seed, self.settings, self.work = method, ref, seed, settings, work
         self.train = dict(settings["train"], seed=seed)
+        # a method with `fit` shares the training of the method it follows
+        self.trained_as = trained_as = bench_methods.BY_NAME[method.fit["after"]] if method.fit else method
         extra: Dict[str, Any] = {}
-        if method.kind == "mixed":
+        if trained_as.kind == "mixed":
             extra["sensitivity"] = settings["sensitivity"]
-        if method.kind == "ptq":
+        if trained_as.kind == "ptq":
             extra["ptq"] = {k: v for k, v in settings["ptq"].items() if k != "progress"}
-        trains = method.trained or method.kind in bench_methods.POST_TRAINING_KINDS
-        trained_as = bench_methods.BY_NAME[method.fit["after"]] if method.fit else method  # a refit shares its training
-        self.trained_as = trained_as
+        trains = trained_as.trained or trained_as.kind in bench_methods.POST_TRAINING_KINDS
         self.key = key_of("train", trained_as.spec(), ref["sha256"], self.train if trains else None, extra)
         self.dir = work / "train" / trained_as.name / f"q{ref['quality']}-{self.key[:8]}"
         if method.fit:
@@ -345,9 +345,9 @@ class Run:
         if self.method.kind == "float":
             return None
         profile = None
-        if self.method.kind == "mixed" and with_profile:
+        if self.trained_as.kind == "mixed" and with_profile:
             sens = bench_methods.sensitivity_of(self.ref, self.settings["sensitivity"], self.train["data"], self.work)
-            self.mixed = bench_methods.mixed_profile_of(self.method, sens)
+            self.mixed = bench_methods.mixed_profile_of(self.trained_as, sens)
             profile = self.mixed["profile"]
         return bench_methods.train_config(self.trained_as, self.ref, self.train, self.dir, profile=profile)
 

@@ -107,3 +107,25 @@ def test_fit_selector_command(tiny, tmp_path, capsys):
     assert main(["fit-selector", "--checkpoint", str(static), "--images", str(images), "--budget", "7", "-o",
                  str(tmp_path / "x.pt"), "--lmbda", "0.013"]) == 2
     assert "no bit-width selectors" in capsys.readouterr().err
+
+
+def test_unfreeze_keeps_the_static_model_at_its_profile(tiny):
+    from dynaquant_brevitas.transform import average_bits, layer_macs, unfreeze
+
+    float_model = ScaleHyperprior(8, 12)
+    names = tiny.dynaquant.layer_names["encoder"] + tiny.dynaquant.layer_names["decoder"]
+    frozen = freeze(tiny, {**{n: [4, 8] for n in names[::2]}, **{n: 8 for n in names[1::2]}, "h_s.0": [5, 6]}).eval()
+    dynamic = unfreeze(frozen, float_model).eval()
+    again = freeze(dynamic, frozen.dynaquant_profile).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(frozen(x)["x_hat"], again(x)["x_hat"])
+    macs = layer_macs(float_model, (1, 3, 64, 64))
+    assert average_bits(again, macs) == pytest.approx(average_bits(frozen, macs))
+    table = choice_table(dynamic, x, lmbda=0.013, base=frozen.dynaquant_profile)
+    assert table.base == {n: tuple(frozen.dynaquant_profile[n]) if isinstance(frozen.dynaquant_profile[n], list)
+                          else (frozen.dynaquant_profile[n],) * 2 for n in names}
+    with pytest.raises(ValueError, match="frozen model"):
+        unfreeze(float_model, float_model)
+    with pytest.raises(ValueError, match="not among the candidates"):
+        unfreeze(frozen, float_model, DynaQuantConfig(weight_bits=(6, 8), activation_bits=(8,)))

@@ -6,7 +6,7 @@ from .cost import BIT_COSTS, average_bits, bit_cost, bit_loss, layer_bits, layer
 from .dynaquantize import QUANTIZER_OPTIONS, DynaQuantState, dynaquant_layers, dynaquant_state, dynaquantize
 from .plan import FLOAT_BY_DESIGN, QuantizationPlan, UnsupportedModuleError, plan_quantization
 from .ptq import ptq
-from .profiles import Profile, chosen_bits, freeze, profile_entry, resolve_profile
+from .profiles import Profile, chosen_bits, freeze, profile_entry, resolve_profile, unfreeze
 from .report import BitReport, bit_report
 
 __all__ = [
@@ -14,5 +14,5 @@ __all__ = [
     "BitReport", "CompressAIAdapter", "DynaQuantConfig", "DynaQuantState", "ModelAdapter", "Profile",
     "QuantizationPlan", "UnsupportedModuleError", "adapter_for", "average_bits", "bit_cost", "bit_loss", "bit_report",
     "chosen_bits", "dynaquant_layers", "dynaquant_state", "dynaquantize", "freeze", "layer_bits",
-    "layer_macs", "model_size_bytes", "plan_quantization", "ptq", "profile_entry", "resolve_profile"
+    "layer_macs", "model_size_bytes", "plan_quantization", "ptq", "profile_entry", "resolve_profile", "unfreeze"
 ]

@@ -23,9 +23,11 @@ from torch import Tensor, nn
 
 from ..nn import Bits
 from .adapters import DECODER, ENCODER
-from .dynaquantize import dynaquant_layers, dynaquant_state
+from .config import DynaQuantConfig
+from .cost import layer_costs
+from .dynaquantize import dynaquant_layers, dynaquant_state, dynaquantize
 
-__all__ = ["Profile", "chosen_bits", "freeze", "profile_entry", "resolve_profile"]
+__all__ = ["Profile", "chosen_bits", "freeze", "profile_entry", "resolve_profile", "unfreeze"]
 
 Profile = Union[str, Mapping[str, Bits]]
 
@@ -161,3 +163,40 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
         layer.set_bit_choice(None)
     frozen.dynaquant_profile = {name: profile_entry(*layer.widths) for name, layer in layers.items()}
     return frozen
+
+
+def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQuantConfig] = None) -> nn.Module:
+    """A dynamic model around a static one: ``float_model`` (left unchanged) dynaquantized with
+    ``config`` (default: the frozen model's), with the frozen model's trained weights and ranges
+    and every fixed layer at its frozen widths. The selectors are new: fit them to the model
+    (:func:`~dynaquant_brevitas.training.selector_fit.fit_selectors`) around the frozen profile.
+
+    The bit costs count the fixed layers at their frozen widths. Each dynamic layer's frozen
+    widths must be among the candidates, so that the frozen profile stays one of the choices.
+
+    Raises:
+        ValueError: if ``frozen`` is not a frozen model of the same architecture, or a dynamic
+            layer's frozen widths are not a candidate.
+    """
+    profile = getattr(frozen, "dynaquant_profile", None)
+    if profile is None:
+        raise ValueError("unfreeze needs a frozen model (freeze(...), or a static DynaQuant checkpoint)")
+    config = config or frozen.dynaquant_config
+    model = dynaquantize(copy.deepcopy(float_model), config)
+    state = dynaquant_state(model)
+    widths = {name: _widths(name, value) for name, value in profile.items()}
+    layers = dict(dynaquant_layers(model))
+    if set(widths) != set(layers):
+        raise ValueError(f"the frozen model's quantized layers {sorted(widths)} are not this model's {sorted(layers)}")
+    dynamic = [n for side in (ENCODER, DECODER) for n in state.layer_names[side]]
+    outside = {n: widths[n] for n in dynamic if widths[n] not in config.pairs}
+    if outside:
+        raise ValueError(f"frozen widths {outside} are not among the candidates {list(config.pairs)}")
+    skipped = set(model.load_state_dict(frozen.state_dict(), strict=False).missing_keys)
+    if any(not key.startswith("dynaquant.") for key in skipped):
+        raise ValueError(f"the frozen model lacks tensors of this model: {sorted(skipped)[:5]}")
+    fixed = {n: w for n, w in widths.items() if n not in dynamic}
+    for name, (weight, activation) in fixed.items():
+        layers[name].set_bit_width(weight, activation)
+    state.costs = layer_costs(float_model, dynamic, fixed)
+    return model
