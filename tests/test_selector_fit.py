@@ -50,6 +50,13 @@ def test_choice_table_measures_one_layer_moves_from_the_base(tiny):
     expected = per_image_rd(freeze(tiny, moved).eval(), crops, 0.013) - per_image_rd(freeze(tiny, table.base).eval(),
                                                                                       crops, 0.013)
     assert torch.allclose(table.delta[:, 2, k], expected, atol=1e-6)
+    # the selectors read the crops with every layer at the base, whatever they would choose themselves
+    with torch.no_grad():
+        for p in tiny.dynaquant.selectors.parameters():
+            p.add_(torch.randn_like(p) * 10)
+    again = choice_table(tiny, crops, lmbda=0.013, base=table.base, batch_size=3)
+    for side in table.statistics:
+        assert all(torch.allclose(a, b) for a, b in zip(table.statistics[side], again.statistics[side]))
 
 
 def _content_table(model, count: int = 64) -> ChoiceTable:

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import as_pair
+from ..nn import Selection, as_pair
 from ..transform import DECODER, ENCODER, bit_cost, dynaquant_state, freeze, resolve_profile
 from ..transform.mixed import multiple_choice_knapsack
 from ..transform.sensitivity import per_image_rd
@@ -66,17 +67,30 @@ class ChoiceTable:
     statistics: Dict[str, Tuple[Tensor, Tensor, Tensor]]
 
 
-def _statistics(model: nn.Module, crops: Tensor) -> Dict[str, Tuple[Tensor, Tensor, Tensor]]:
-    """What each selector reads on ``crops`` (the model choosing as it does now)."""
+def _statistics(model: nn.Module, crops: Tensor, base: Mapping[str, Tuple[int, int]]
+                ) -> Dict[str, Tuple[Tensor, Tensor, Tensor]]:
+    """What each selector reads on ``crops`` with every dynamic layer at ``base`` (the decoder's
+    features depend on the encoder's widths)."""
     state = dynaquant_state(model)
+    pairs = [as_pair(c) for c in state.config.pairs]
     seen: Dict[str, Tuple[Tensor, ...]] = {}
 
-    def hook(side: str):
+    def read(side: str):
         def record(selector: nn.Module, inputs: tuple) -> None:
             seen[side] = tuple(t.detach().clone() for t in selector.statistics(inputs[0]))
         return record
 
-    handles = [selector.register_forward_pre_hook(hook(side)) for side, selector in state.selectors.items()]
+    def at_base(side: str):
+        index = torch.tensor([pairs.index(tuple(base[n])) for n in state.layer_names[side]])
+
+        def choose(selector: nn.Module, inputs: tuple, selection: Selection) -> Selection:
+            onehot = F.one_hot(index, len(pairs)).to(selection.probs.dtype).expand(inputs[0].shape[0], -1, -1)
+            return Selection(probs=onehot, weights=onehot, candidates=selection.candidates)
+        return choose
+
+    handles = []
+    for side, selector in state.selectors.items():
+        handles += [selector.register_forward_pre_hook(read(side)), selector.register_forward_hook(at_base(side))]
     try:
         model(crops)
     finally:
@@ -119,7 +133,7 @@ def choice_table(
             for k, pair in enumerate(pairs):
                 if pair != tuple(base[name]):
                     delta[:, l, k] = rd({**base, name: pair}) - reference
-        parts = [_statistics(model, x) for x in batches]
+        parts = [_statistics(model, x, base) for x in batches]
         statistics = {side: tuple(torch.cat([p[side][i] for p in parts]) for i in range(3)) for side in parts[0]}
     finally:
         model.train(was_training)
