@@ -68,6 +68,12 @@ FIELDS: Dict[str, str] = {
     "selector's own average cost, in percent (evaluation.oracle.oracle_bound; profiles: the most frequent "
     "per-image choices plus every candidate everywhere; Kodak, latency quality, first seed); 'oracle' holds the "
     "details and selector_rd, the selector's own RD cost",
+    "selector_fit": "methods with refitted selectors (training.selector_fit), per quality: the bit price mu, the "
+    "budget, and on the held-out crops of the choice table the mean RD-cost change from the base profile, mean "
+    "bits and diversity of the fitted selectors ('dynamic'), of the best single profile ('static') and of the "
+    "per-image oracle ('oracle'), under the table's additive model",
+    "fit_gain_share": "the share of the oracle's gain over the best single profile that the fitted selectors take "
+    "on held-out crops ((static - dynamic) / (static - oracle) of selector_fit), mean over qualities",
     "packed_size_vs_bits_pct": "packed_size_bytes over (avg_bits_per_param / 32) x the float model's packed size, "
     "minus 1, in percent (mean over qualities): what the parameters left in float32 and the file's header add",
     "packed_float32_bytes": "bytes of the packed file spent on float32 tensors (GDN/IGDN, biases, entropy models, "
@@ -274,7 +280,19 @@ def method_row(method: Any, runs: Mapping[int, Mapping[str, Mapping[int, Mapping
     })
     if any(points[q].get("mixed_profile") for q in qs):
         row["mixed_profiles"] = {str(q): points[q].get("mixed_profile") for q in qs}
+    fits = {q: points[q]["selector_fit"] for q in qs if points[q].get("selector_fit")}
+    if fits:
+        row["selector_fit"] = {str(q): {k: fit[k] for k in ("mu", "budget", "cost", "crops", "dynamic", "static", "oracle")}
+                               for q, fit in fits.items()}
+        row["fit_gain_share"] = _mean([_gain_share(fit) for fit in fits.values()])
     return row
+
+
+def _gain_share(fit: Mapping[str, Any]) -> Optional[float]:
+    """The share of the per-image oracle's gain over the best single profile that the fitted
+    selectors take, on the held-out crops of their choice table."""
+    possible = fit["static"]["delta_rd"] - fit["oracle"]["delta_rd"]
+    return (fit["static"]["delta_rd"] - fit["dynamic"]["delta_rd"]) / possible if possible > 0 else None
 
 
 def _size(point: Mapping[str, Any], key: str) -> Any:
