@@ -71,6 +71,24 @@ def test_dynaquant_model_reports_chosen_bits(quant_run: Path, eval_images: Path)
     assert 4 <= result["results"]["avg_bits"][0] <= 8
 
 
+def test_decoding_keeps_the_encoders_choice_for_the_report(quant_run: Path, eval_images: Path) -> None:
+    """The plausibility probe before decoding runs a forward of its own; the encoder's choice for
+    the image just coded (what the report shows) must survive it."""
+    from dynaquant_brevitas.evaluation import prepare_for_coding
+    from dynaquant_brevitas.evaluation.coding import decode_image, last_choice
+    from dynaquant_brevitas.io.checkpoint import load_model
+
+    model = prepare_for_coding(load_model(quant_run / "final.pt"))
+    x = read_image(list_images(eval_images)[0])
+    x = x if x.dim() == 4 else x.unsqueeze(0)
+    coded = encode_image(model, x)
+    encoder, chosen = model.dynaquant.last["encoder"], last_choice(model)
+    decode_image(model, coded.strings, coded.shape, coded.size)
+    assert model.dynaquant.last["encoder"] is encoder
+    reported = last_choice(model)
+    assert reported["weight_bits"][:3] == chosen["weight_bits"] and reported["layers"][:3] == chosen["layers"]
+
+
 def test_float_and_dynaquant_checkpoints_keep_avg_bits_aligned(
     float_run: Path, quant_run: Path, eval_images: Path
 ) -> None:

@@ -151,7 +151,7 @@ def check_plausible(model: nn.Module, strings: Sequence[Sequence[bytes]], padded
     not depend on the image) spends at least ``-log2`` of its most likely symbol's probability on
     each of its symbols, so a crafted header claiming a large image over a few bytes is refused.
     """
-    probe = _probe(model)
+    probe = _probe(model)  # a forward: the selection of the image just coded is kept (last_choice)
     scale = padded[0] * padded[1] / PROBE_PIXELS
     min_bytes = int(scale * probe.bottleneck_bits / 8) - 16 * sum(len(g) for g in strings)
     have = sum(len(s) for g in strings for s in g)
@@ -195,7 +195,13 @@ def _probe(model: nn.Module) -> _Probe:
     bottlenecks = [m for m in model.modules() if isinstance(m, EntropyBottleneck)]
     handles = [m.register_forward_hook(count) for m in bottlenecks]
     try:
-        peak = activation_peak(model, PROBE_SIDE)
+        if _dynaquant_state(model) is None:
+            peak = activation_peak(model, PROBE_SIDE)
+        else:
+            from ..transform.profiles import selection_set_aside
+
+            with selection_set_aside(model):
+                peak = activation_peak(model, PROBE_SIDE)
     finally:
         for handle in handles:
             handle.remove()

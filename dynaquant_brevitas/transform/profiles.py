@@ -27,7 +27,7 @@ from .config import DynaQuantConfig
 from .cost import layer_costs
 from .dynaquantize import dynaquant_layers, dynaquant_state, dynaquantize
 
-__all__ = ["Profile", "chosen_bits", "freeze", "profile_entry", "resolve_profile", "unfreeze"]
+__all__ = ["Profile", "chosen_bits", "freeze", "profile_entry", "resolve_profile", "selection_set_aside", "unfreeze"]
 
 Profile = Union[str, Mapping[str, Bits]]
 
@@ -114,9 +114,9 @@ def profile_entry(weight_bits: int, activation_bits: Optional[int]) -> Bits:
 
 
 @contextmanager
-def _selection_set_aside(model: nn.Module) -> Iterator[None]:
+def selection_set_aside(model: nn.Module) -> Iterator[None]:
     """Drop the last forward's selection while inside (it may hold a training graph, which
-    ``copy.deepcopy`` refuses), and put it back afterwards."""
+    ``copy.deepcopy`` refuses; a forward inside would replace it), and put it back afterwards."""
     state = dynaquant_state(model)
     layers = [layer for _, layer in dynaquant_layers(model)]
     last, choices = state.last, [layer.bit_choice for layer in layers]
@@ -147,7 +147,7 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
         (:func:`~dynaquant_brevitas.io.save_model` stores both). Export builds on it.
     """
     bits = resolve_profile(model, profile, images)
-    with _selection_set_aside(model):
+    with selection_set_aside(model):
         frozen = copy.deepcopy(model)
     state = dynaquant_state(frozen)
     for module in frozen.modules():
