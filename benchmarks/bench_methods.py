@@ -570,7 +570,7 @@ def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, An
     from dynaquant_brevitas.training.selector_fit import choice_table, fit_selectors
     from dynaquant_brevitas.transform.ptq import calibration_crops
 
-    out = Path(cfg.train.output) / f"fit-{key_of(method.fit, settings)[:8]}"
+    out = Path(cfg.train.output) / f"fit-{method.name}-{key_of(method.fit, settings)[:8]}"
     final = out / FINAL
     if not final.exists():
         start = time.time()

@@ -31,8 +31,10 @@ from dynaquant_brevitas.io.checkpoint import (  # noqa: E402
 
 def publish(method: str, quality: int, runs: Path, out: Path) -> Path:
     found = sorted((runs / method).glob(f"q{quality}-*/final.pt"))
+    if not found:  # a method whose selectors were fitted after another's training (benchmarks' `fit`)
+        found = sorted(runs.glob(f"*/q{quality}-*/fit-{method}-*/final.pt"))
     if len(found) != 1:
-        raise SystemExit(f"expected one runs/bench/train/{method}/q{quality}-*/final.pt, found {len(found)}")
+        raise SystemExit(f"expected one final.pt of {method} at q{quality} under {runs}, found {len(found)}")
     ckpt = weights_only(load_checkpoint(found[0]))
     ckpt["train_config"] = {}  # machine-specific paths; the method's recipe is in benchmarks/bench_methods.py
     target = out / quantized_checkpoint_name(method, quality)
