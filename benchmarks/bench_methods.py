@@ -188,6 +188,12 @@ METHODS: List[Method] = [
            "choice table at 6.0 average bits (BitOPs); the other layers keep their static widths",
            _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8]), _target(6.0, "bitops"),
            fit={"after": "mixed-bitops6", "budget": 6.0, "cost": "bitops"}),
+    Method("dyn-around-mixed-w5.5-a8", "dynaquant",
+           "mixed-w5.5-a8's trained static model (the same training) made dynamic around its profile: the six "
+           "dynamic layers choose per image among weights {2,3,4,5,6,8} x activations 8, selectors fitted to a choice "
+           "table at 5.5 average weight bits (size); the other layers keep their static widths",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), _target(5.5, "size"),
+           fit={"after": "mixed-w5.5-a8", "budget": 5.5, "cost": "size"}),
     Method("dyn-w3468-a68-layers6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "
            "(6.0 BitOPs bits at an even choice)",
