@@ -192,7 +192,7 @@ METHODS: List[Method] = [
            "mixed-w5.5-a8's trained static model (the same training) made dynamic around its profile: the six "
            "dynamic layers choose per image among weights {2,3,4,5,6,8} x activations 8, selectors fitted to a choice "
            "table at 5.5 average weight bits (size); the other layers keep their static widths",
-           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), _target(5.5, "size"),
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]),
            fit={"after": "mixed-w5.5-a8", "budget": 5.5, "cost": "size"}),
     Method("dyn-w3468-a68-layers6", "dynaquant",
            "DynaQuant dynamic, weights {3,4,6,8} x activations {6,8}, layer-average bit cost, target 5.67 "

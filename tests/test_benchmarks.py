@@ -290,7 +290,7 @@ def test_dynamic_targets_lie_inside_the_reachable_range():
     ranges = methods.reachable_bits(model, methods.BY_NAME["dyn-w468-a8-bitops7"], (1, 3, 256, 384))
     assert ranges["bitops"][0] == pytest.approx(5.99, abs=0.02) and ranges["bitops"][1] == pytest.approx(8.0)
     for method in methods.METHODS:
-        if method.dynamic and method.schedule.get("bit_cost") in ("bitops", "size"):
+        if method.dynamic and not method.fit and method.schedule.get("bit_cost") in ("bitops", "size"):
             low, high = methods.reachable_bits(model, method, (1, 3, 256, 384))[method.schedule["bit_cost"]]
             assert low + 0.5 < method.schedule["target_bits"] < high, method.name
     too_low = methods.Method("x", "dynaquant", "", methods.BY_NAME["dyn-w468-a8-bitops7"].quant,
