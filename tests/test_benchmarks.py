@@ -112,8 +112,8 @@ def test_quick_mode_summary_new_set_without_training_partial_run_and_cache(tmp_p
 
     # 2. a second evaluation set, a mixed and a dynamic method, no timing: dynaquant-int8 is
     #    evaluated on photos2 from its checkpoint, float-finetuned's row is kept
-    args = (*common, "--methods", "dynaquant-int8,mixed-bitops5,dyn-w3468-a68-bitops6", "--eval-sets", "kodak,photos2",
-            "--no-timing")
+    args = (*common, "--methods", "dynaquant-int8,mixed-bitops5,dyn-w3468-a68-bitops6,dyn-w3468-a68-bitops6-fit",
+            "--eval-sets", "kodak,photos2", "--no-timing")
     second = _run(*args)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "fine-tuning dynaquant-int8" not in second.stdout and "fine-tuning mixed-bitops5" in second.stdout
@@ -128,7 +128,12 @@ def test_quick_mode_summary_new_set_without_training_partial_run_and_cache(tmp_p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["errors"] == []
     rows = {row["method"]: row for row in summary["rows"]}
-    assert list(rows) == ["float", "float-finetuned", "dynaquant-int8", "mixed-bitops5", "dyn-w3468-a68-bitops6"]
+    assert list(rows) == ["float", "float-finetuned", "dynaquant-int8", "mixed-bitops5", "dyn-w3468-a68-bitops6",
+                          "dyn-w3468-a68-bitops6-fit"]
+    # the refit shares dyn-w3468-a68-bitops6's training and reports its choice table's held-out comparison
+    assert second.stdout.count("fine-tuning dyn-w3468-a68-bitops6") == 1 and "refitting the selectors" in second.stdout
+    fit = rows["dyn-w3468-a68-bitops6-fit"]["selector_fit"]["4"]
+    assert fit["oracle"]["delta_rd"] <= fit["static"]["delta_rd"] + 1e-9 and fit["dynamic"]["cost"] <= 6.0 + 1e-6
     assert summary["kept_rows"] == ["bmshj2018-hyperprior-N64-M96/float-finetuned"]
     assert rows["float-finetuned"]["run"]["command"] == first_command
     assert "--no-timing" in rows["mixed-bitops5"]["run"]["command"]
@@ -146,7 +151,7 @@ def test_quick_mode_summary_new_set_without_training_partial_run_and_cache(tmp_p
     # 3. a rerun takes everything from the cache
     third = _run(*args)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "running" not in third.stdout and third.stdout.count(": cached") == 8
+    assert "running" not in third.stdout and third.stdout.count(": cached") == 10
     assert "dyn-w3468-a68-bitops6: oracle" not in third.stdout
 
 
