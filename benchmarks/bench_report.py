@@ -282,7 +282,7 @@ def method_row(method: Any, runs: Mapping[int, Mapping[str, Mapping[int, Mapping
         row["mixed_profiles"] = {str(q): points[q].get("mixed_profile") for q in qs}
     fits = {q: points[q]["selector_fit"] for q in qs if points[q].get("selector_fit")}
     if fits:
-        row["selector_fit"] = {str(q): {k: fit[k] for k in ("mu", "budget", "cost", "crops", "dynamic", "static", "oracle")}
+        row["selector_fit"] = {str(q): {k: fit.get(k) for k in ("base_rd", "mu", "budget", "cost", "crops", "dynamic", "static", "oracle")}
                                for q, fit in fits.items()}
         row["fit_gain_share"] = _mean([_gain_share(fit) for fit in fits.values()])
     return row

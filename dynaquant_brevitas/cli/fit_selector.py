@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     table = choice_table(model, crops, lmbda)
     report = fit_selectors(model, table, args.budget, args.cost, seed=args.seed)
     dynamic, static, oracle = report["dynamic"], report["static"], report["oracle"]
-    print(f"held-out crops, RD-cost change from the base profile at {dynamic['cost']:.3f} bits ({args.cost}): "
+    print(f"held-out crops, RD-cost change from the base profile ({report['base_rd']:.4f}) at {dynamic['cost']:.3f} bits ({args.cost}): "
           f"selectors {dynamic['delta_rd']:+.4f}, best single profile {static['delta_rd']:+.4f}, "
           f"per-image oracle {oracle['delta_rd']:+.4f}; images off the most common profile: encoder "
           f"{dynamic.get('diversity_encoder', 0):.0%}, decoder {dynamic.get('diversity_decoder', 0):.0%}")

@@ -58,6 +58,7 @@ class ChoiceTable:
         delta: ``(crops, layers, candidates)`` RD-cost change of moving that one layer to that
             candidate (0 at the base's own candidate).
         statistics: per side, the ``(mean, spread, energy)`` the selector read on each crop.
+        reference: ``(crops,)`` RD cost of each crop at the base profile.
     """
 
     layers: List[str]
@@ -65,6 +66,7 @@ class ChoiceTable:
     base: Dict[str, Tuple[int, int]]
     delta: Tensor
     statistics: Dict[str, Tuple[Tensor, Tensor, Tensor]]
+    reference: Optional[Tensor] = None
 
 
 def _statistics(model: nn.Module, crops: Tensor, base: Mapping[str, Tuple[int, int]]
@@ -137,7 +139,7 @@ def choice_table(
         statistics = {side: tuple(torch.cat([p[side][i] for p in parts]) for i in range(3)) for side in parts[0]}
     finally:
         model.train(was_training)
-    return ChoiceTable(layers, pairs, {n: tuple(base[n]) for n in layers}, delta, statistics)
+    return ChoiceTable(layers, pairs, {n: tuple(base[n]) for n in layers}, delta, statistics, reference)
 
 
 def _cost(model: nn.Module, probs: Tensor, cost: str) -> Tensor:
@@ -244,7 +246,8 @@ def fit_selectors(
         iterations: bisection steps on the bit price ``mu``.
 
     Returns:
-        ``{"mu", "budget", "cost", "dynamic", "static", "oracle", "train"}``: on the held-out crops,
+        ``{"base_rd", "mu", "budget", "cost", "dynamic", "static", "oracle", "train"}``: on the
+        held-out crops, the mean RD cost at the base profile (``base_rd``) and
         the mean RD-cost change from the base, the mean bits and the diversity per side of the
         fitted selectors, of the best single profile and of the per-image oracle (both at the
         selectors' own held-out cost); ``train``: the fitted selectors on the training crops.
@@ -285,7 +288,9 @@ def fit_selectors(
         state.selectors[side].load_state_dict(selector.state_dict())
     dynamic = _outcome(model, table, test_rows, _choices(best, table, test_rows), cost, layers_of)
     single, oracle = _static_and_oracle(model, table, test_rows, dynamic["cost"], cost)
+    base_rd = float(table.reference[test_rows].mean()) if table.reference is not None else None
     return {
+        "base_rd": base_rd,
         "mu": mu,
         "budget": budget,
         "cost": cost,
