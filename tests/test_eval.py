@@ -169,3 +169,21 @@ def test_agrees_with_compressai_eval_model(
     assert ours["bpp"][0] == pytest.approx(theirs["bpp"][0], rel=1e-12)
     assert ours["psnr-rgb"][0] == pytest.approx(theirs["psnr-rgb"][0], abs=1e-3)
     assert ours["ms-ssim-rgb"][0] == pytest.approx(theirs["ms-ssim-rgb"][0], abs=1e-4)
+
+
+def test_named_latent_shapes_code_for_real_and_the_container_says_why_it_cannot_store_them() -> None:
+    """Models on a CompressAI latent codec (Cheng2020AnchorCheckerboard) report one shape per latent."""
+    import torch
+    from compressai.models import Cheng2020AnchorCheckerboard
+
+    from dynaquant_brevitas.evaluation.coding import decode_image, prepare_for_coding
+    from dynaquant_brevitas.io.container import pack
+
+    torch.manual_seed(0)
+    model = prepare_for_coding(Cheng2020AnchorCheckerboard(N=16))
+    x = torch.rand(1, 3, 70, 90)
+    coded = encode_image(model, x)
+    assert set(coded.shape) == {"y", "hyper"} and coded.shape["hyper"] == [2, 2]
+    assert decode_image(model, coded.strings, coded.shape, coded.size).shape == x.shape
+    with pytest.raises(ValueError, match="named latent shapes"):
+        pack(b"0" * 16, coded.size, coded.shape, coded.strings)

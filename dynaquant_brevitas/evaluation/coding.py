@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +46,31 @@ def prepare_for_coding(model: nn.Module) -> nn.Module:
     return model
 
 
+#: what ``compress`` reports and ``decompress`` takes back: the latent's spatial shape, or, for
+#: models built on a CompressAI latent codec (``Cheng2020AnchorCheckerboard``, ``Elic2022Official``),
+#: one shape per named latent
+LatentShape = Union[list[int], dict[str, list[int]]]
+
+
+def latent_shape(shape: Any) -> LatentShape:
+    """``compress``'s ``shape`` as plain integers (a list, or a dict of lists)."""
+    if isinstance(shape, dict):
+        return {str(name): latent_shape(value) for name, value in shape.items()}
+    return [int(s) for s in shape]
+
+
+def _torch_shape(shape: LatentShape) -> Any:
+    if isinstance(shape, dict):
+        return {name: torch.Size(value) for name, value in shape.items()}
+    return torch.Size(shape)
+
+
 @dataclass
 class Coded:
     """One image's bitstreams and the latent shape ``decompress`` needs."""
 
     strings: list[list[bytes]]
-    shape: list[int]
+    shape: LatentShape
     size: tuple[int, int]
 
     @property
@@ -86,12 +105,12 @@ def encode_image(model: nn.Module, x: torch.Tensor) -> Coded:
         state.reset()
     out = model.compress(F.pad(x, pad, mode="constant", value=0))
     strings = [list(group) for group in out["strings"]]
-    return Coded(strings, [int(s) for s in out["shape"]], (int(h), int(w)))
+    return Coded(strings, latent_shape(out["shape"]), (int(h), int(w)))
 
 
 @torch.no_grad()
 def decode_image(
-    model: nn.Module, strings: Sequence[Sequence[bytes]], shape: Sequence[int], size: tuple[int, int]
+    model: nn.Module, strings: Sequence[Sequence[bytes]], shape: LatentShape, size: tuple[int, int]
 ) -> torch.Tensor:
     """``decompress`` and crop back to ``size``; returns a ``(1, 3, H, W)`` image in [0, 1].
 
@@ -104,13 +123,13 @@ def decode_image(
     check_plausible(model, strings, padded)
     tail = bytes(_rans_tail(strings, padded))
     try:
-        out = model.decompress([[bytes(s) + tail for s in g] for g in strings], torch.Size(shape))
+        out = model.decompress([[bytes(s) + tail for s in g] for g in strings], _torch_shape(shape))
     except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError) as err:
         raise ContainerError(f"the bitstreams do not fit this model: {type(err).__name__}: {err}") from err
     x_hat = out["x_hat"]
     if tuple(x_hat.shape[-2:]) != padded:
         raise ContainerError(
-            f"the bitstreams do not fit this model: latent shape {list(shape)} decodes to "
+            f"the bitstreams do not fit this model: latent shape {shape} decodes to "
             f"{tuple(x_hat.shape[-2:])}, the image needs {padded}"
         )
     if not bool(torch.isfinite(x_hat).all()):
@@ -127,20 +146,24 @@ def _padded_size(size: tuple[int, int]) -> tuple[int, int]:
     return tuple(-(-int(side) // PAD_MULTIPLE) * PAD_MULTIPLE for side in size)  # type: ignore[return-value]
 
 
-def check_coded(strings: Sequence[Sequence[bytes]], shape: Sequence[int], padded: tuple[int, int]) -> None:
+def check_coded(strings: Sequence[Sequence[bytes]], shape: LatentShape, padded: tuple[int, int]) -> None:
     """Raise :class:`ContainerError` unless strings and latent shape fit one padded image.
 
     One string per group (one image), each at least :data:`RANS_MIN_BYTES` long, and a 2-d
-    latent shape that divides the padded size by the same power of two along both sides.
+    latent shape that divides the padded size by the same power of two along both sides (for
+    named latents, the last two sides of each).
     """
     if not strings or any(len(g) != 1 for g in strings):
         raise ContainerError(f"expected one string per group for one image, got {[len(g) for g in strings]}")
     if min(len(s) for g in strings for s in g) < RANS_MIN_BYTES:
         raise ContainerError(f"damaged file: a bitstream is shorter than {RANS_MIN_BYTES} bytes")
-    ratios = {p / d for p, d in zip(padded, shape)} if len(shape) == 2 else set()
-    ratio = ratios.pop() if len(ratios) == 1 else 0.0
-    if not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
-        raise ContainerError(f"latent shape {list(shape)} does not fit an image padded to {padded}")
+    shapes = list(shape.values()) if isinstance(shape, dict) else [shape]
+    for sides in shapes:
+        sides = list(sides)[-2:] if isinstance(shape, dict) else list(sides)
+        ratios = {p / d for p, d in zip(padded, sides) if d > 0} if len(sides) == 2 else set()
+        ratio = ratios.pop() if len(ratios) == 1 else 0.0
+        if not shapes or not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
+            raise ContainerError(f"latent shape {shape} does not fit an image padded to {padded}")
 
 
 def check_plausible(model: nn.Module, strings: Sequence[Sequence[bytes]], padded: tuple[int, int]) -> None:

@@ -63,6 +63,9 @@ def pack(
     """Serialise bitstreams with their model id, image size and latent shape (adds a CRC32)."""
     if len(model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes, got {len(model_id)}")
+    if isinstance(shape, dict):
+        raise ValueError(f"cannot pack: this model reports named latent shapes ({', '.join(shape)}), which container "
+                         f"format {FORMAT_VERSION} does not store yet; `dynaquant eval` codes such models for real")
     problem = _check_header(tuple(size), list(shape))
     if problem:
         raise ValueError(f"cannot pack: {problem}")
