@@ -139,3 +139,31 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is not None:
         raw = paths_relative_to(raw, Path(args.config).parent)
     return apply_overrides(raw, args.overrides)
+
+
+def training_lambda(checkpoint: Path, given: float | None) -> float:
+    """``given``, else the lambda ``checkpoint`` was trained with; a clear error when neither exists."""
+    from ..io.checkpoint import load_checkpoint
+
+    lmbda = given or (load_checkpoint(checkpoint).get("train_config") or {}).get("train", {}).get("lmbda")
+    if lmbda is None:
+        raise UsageError(f"{checkpoint} records no training lambda: give --lmbda")
+    return float(lmbda)
+
+
+def seeded_crops(folder: Path, count: int, size: int, seed: int, max_images: int | None = None) -> list:
+    """``count`` seeded ``(1, 3, size, size)`` crops of the images in ``folder`` (all of them, or
+    ``max_images`` drawn with ``seed``); ``size`` must be a multiple of 64."""
+    import torch
+
+    from ..io.images import list_images, read_image
+    from ..transform.ptq import calibration_crops
+
+    if size % 64:
+        raise UsageError(f"--crop-size must be a multiple of 64, got {size}")
+    files = list_images(folder)
+    if max_images is not None:
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+        files = [files[i] for i in order[: min(len(files), max(1, max_images))]]
+    images = [read_image(p) for p in files]
+    return calibration_crops(images, count, size, torch.Generator().manual_seed(seed))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, finite_float, positive_int
+from ._common import UsageError, finite_float, positive_int, seeded_crops, training_lambda
 
 HELP = "refit a dynamic model's bit-width selectors to measured per-image costs at a budget"
 
@@ -38,26 +38,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..io.checkpoint import load_checkpoint, load_model, save_model
+    from ..io.checkpoint import load_model, save_model
     from ..io.files import write_json
-    from ..io.images import list_images, read_image
     from ..training.selector_fit import choice_table, fit_selectors
-    from ..transform.ptq import calibration_crops
 
-    if args.crop_size % 64:
-        raise UsageError(f"--crop-size must be a multiple of 64, got {args.crop_size}")
     if args.output.resolve() == args.checkpoint.resolve():
         raise UsageError("-o must differ from --checkpoint (the trained model is kept)")
+    crops = torch.cat(seeded_crops(args.images, args.crops, args.crop_size, args.seed, max_images=args.crops // 4))
     model = load_model(args.checkpoint)
     if not getattr(getattr(model, "dynaquant", None), "selectors", None):
         raise UsageError(f"{args.checkpoint} has no bit-width selectors: give a dynamic DynaQuant checkpoint")
-    lmbda = args.lmbda or (load_checkpoint(args.checkpoint).get("train_config") or {}).get("train", {}).get("lmbda")
-    if lmbda is None:
-        raise UsageError(f"{args.checkpoint} records no training lambda: give --lmbda")
-    files = list_images(args.images)
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    images = [read_image(files[i]) for i in order[: min(len(files), max(1, args.crops // 4))]]
-    crops = torch.cat(calibration_crops(images, args.crops, args.crop_size, torch.Generator().manual_seed(args.seed)))
+    lmbda = training_lambda(args.checkpoint, args.lmbda)
     print(f"measuring the choice table on {args.crops} crops of {args.crop_size} px ...", flush=True)
     table = choice_table(model, crops, lmbda)
     report = fit_selectors(model, table, args.budget, args.cost, seed=args.seed)

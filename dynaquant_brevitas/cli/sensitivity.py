@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, finite_float, positive_int
+from ._common import UsageError, finite_float, positive_int, seeded_crops, training_lambda
 
 HELP = "measure each layer's sensitivity to its weight and activation widths; a mixed profile at a budget"
 
@@ -51,23 +51,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluation.plot import plot_sensitivity
-    from ..io.checkpoint import load_checkpoint, load_model
+    from ..io.checkpoint import load_model
     from ..io.files import write_json
-    from ..io.images import list_images, read_image
     from ..transform.mixed import mixed_profile, profile_cost
-    from ..transform.ptq import calibration_crops
     from ..transform.sensitivity import sensitivity
 
-    if args.crop_size % 64:
-        raise UsageError(f"--crop-size must be a multiple of 64, got {args.crop_size}")
+    crops = seeded_crops(args.images, args.crops, args.crop_size, args.seed)
     model = load_model(args.checkpoint)
     if hasattr(model, "dynaquant") or hasattr(model, "dynaquant_profile"):
         raise UsageError(f"{args.checkpoint} is quantized; give the float checkpoint")
-    lmbda = args.lmbda or (load_checkpoint(args.checkpoint).get("train_config") or {}).get("train", {}).get("lmbda")
-    if lmbda is None:
-        raise UsageError(f"{args.checkpoint} records no training lambda: give --lmbda")
-    images = [read_image(p) for p in list_images(args.images)]
-    crops = calibration_crops(images, args.crops, args.crop_size, torch.Generator().manual_seed(args.seed))
+    lmbda = training_lambda(args.checkpoint, args.lmbda)
     sens = sensitivity(model, [torch.cat(crops[i : i + 4]) for i in range(0, len(crops), 4)], args.widths, lmbda)
     sens.extra.update(checkpoint=str(args.checkpoint), images=str(args.images), crops=args.crops, crop_size=args.crop_size)
     written = [write_json(args.output.with_name(args.output.name + ".json"), sens.to_dict())]
