@@ -63,6 +63,7 @@ class Method:
             with that row): ``budget`` and ``cost`` of ``fit_selectors``. After a static
             (``mixed``) method, the model is first made dynamic around its profile
             (``transform.unfreeze`` with this method's ``quant``).
+        steps_factor: fine-tune this many times the benchmark's steps (a longer-trained variant).
     """
 
     name: str
@@ -72,6 +73,7 @@ class Method:
     schedule: Dict[str, Any] = field(default_factory=dict)
     mixed: Dict[str, Any] = field(default_factory=dict)
     fit: Dict[str, Any] = field(default_factory=dict)
+    steps_factor: int = 1
 
     @property
     def trained(self) -> bool:
@@ -92,6 +94,8 @@ class Method:
             spec["mixed"] = self.mixed
         if self.fit:
             spec["fit"] = self.fit
+        if self.steps_factor != 1:
+            spec["steps_factor"] = self.steps_factor
         return spec
 
 
@@ -146,6 +150,14 @@ METHODS: List[Method] = [
            "static mixed precision at 5.5 average weight bits (size) from the layer sensitivities, weights {2,3,4,5,6,8}, "
            "activations 8, fine-tuned frozen",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 5.5, "cost": "size"}),
+    Method("mixed-w5.5-a8-long", "mixed",
+           "mixed-w5.5-a8 fine-tuned 5 times longer (1000 steps at the default 200)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 5.5, "cost": "size"},
+           steps_factor=5),
+    Method("mixed-bitops6-long", "mixed",
+           "mixed-bitops6 fine-tuned 5 times longer (1000 steps at the default 200)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 6.0, "cost": "bitops"},
+           steps_factor=5),
     Method("mixed-w4.5-a8", "mixed",
            "static mixed precision at 4.5 average weight bits (size) from the layer sensitivities, weights {2,3,4,5,6,8}, "
            "activations 8, fine-tuned frozen",

@@ -327,6 +327,7 @@ class Run:
         self.train = dict(settings["train"], seed=seed)
         # a method with `fit` shares the training of the method it follows
         self.trained_as = trained_as = bench_methods.BY_NAME[method.fit["after"]] if method.fit else method
+        self.train["steps"] = int(self.train["steps"]) * trained_as.steps_factor
         extra: Dict[str, Any] = {}
         if trained_as.kind == "mixed":
             extra["sensitivity"] = settings["sensitivity"]
