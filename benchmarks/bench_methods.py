@@ -154,6 +154,11 @@ METHODS: List[Method] = [
            "mixed-w5.5-a8 fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 5.5, "cost": "size"},
            steps_factor=5),
+    Method("mixed-w6-a8-long", "mixed",
+           "static mixed precision at 6.0 average weight bits (size) from the layer sensitivities, weights "
+           "{2,3,4,5,6,8}, activations 8, fine-tuned frozen for 1000 steps (5 times the default 200)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 6.0, "cost": "size"},
+           steps_factor=5),
     Method("mixed-bitops6-long", "mixed",
            "mixed-bitops6 fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 6.0, "cost": "bitops"},
