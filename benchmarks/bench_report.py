@@ -64,8 +64,8 @@ FIELDS: Dict[str, str] = {
     "dynamic g_a layer) differs from the most common one (evaluation summary 'diversity'); mean over qualities",
     "diversity_decoder": "the same for the decoder (g_s)",
     "oracle_gain_pct": "dynamic models: what per-image adaptation could gain at most: the mean RD cost "
-    "(estimated bpp + lambda 255^2 MSE) of the best single profile over that of the per-image oracle at the "
-    "selector's own average cost, in percent (evaluation.oracle.oracle_bound; profiles: the most frequent "
+    "(estimated bpp + lambda 255^2 MSE) of the best single profile within the selector's own average cost over "
+    "that of the per-image oracle at the single profile's cost, in percent (evaluation.oracle.oracle_bound; profiles: the most frequent "
     "per-image choices plus every candidate everywhere; Kodak, latency quality, first seed); 'oracle' holds the "
     "details and selector_rd, the selector's own RD cost",
     "selector_fit": "methods with refitted selectors (training.selector_fit), per quality: the bit price mu, the "

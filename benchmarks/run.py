@@ -79,6 +79,8 @@ QUICK = {
 QUICK_METHODS = "all"  # every method, each on the tiny settings above: 3-6 minutes on one core
 LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483, 7: 0.0932, 8: 0.18}
 key_of = bench_methods.key_of
+#: changes when evaluation.oracle's definition does, so that cached oracle results are recomputed
+ORACLE_DEFINITION = "oracle at the single profile's cost"
 
 
 # --------------------------------------------------------------------------- settings
@@ -626,7 +628,7 @@ def _extras(method, group, first_seed, runs_by_seed, models_of, settings, args, 
         stages.append(("train_step", "train_step.json", key_of("train_step", method.spec(), ref["sha256"],
                                                               settings["train_step"], run.key)))
     if method.dynamic and not args.no_oracle:
-        stages.append(("oracle", "oracle.json", key_of("oracle", point["key"], settings["oracle"])))
+        stages.append(("oracle", "oracle.json", key_of("oracle", point["key"], settings["oracle"], ORACLE_DEFINITION)))
     got = models_of.get((first_seed, ref["quality"]))
     for stage, fname, key in stages:
         path = folder / fname

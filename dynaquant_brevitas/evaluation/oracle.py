@@ -5,19 +5,19 @@ every profile (estimated rate from the likelihoods, distortion as MSE); then
 
 * the *best single profile*: the one profile, of those whose cost is within the budget, with the
   lowest mean RD cost ``bpp + lambda * 255^2 * MSE`` over all images;
-* the *oracle*: each image gets the profile that suits it, the average cost over the images
-  still within the budget (a multiple-choice knapsack over images, solved exactly with SciPy's
-  ``milp``).
+* the *oracle*: each image gets the profile that suits it, the average cost over the images at
+  most the single profile's own cost, so that both spend the same bits (a multiple-choice
+  knapsack over images, solved exactly with SciPy's ``milp``).
 
 The oracle gain (mean RD cost of the single profile over the oracle's, in percent) bounds what a
 selector that reads the image could win at that budget with these profiles.
 
 Example:
-    >>> rd = [[1.0, 0.8], [1.0, 1.2]]  # two images, two profiles
-    >>> costs = [5.0, 7.0]
+    >>> rd = [[1.0, 0.7, 0.5], [1.0, 1.05, 1.0]]  # two images, three profiles
+    >>> costs = [5.0, 6.0, 7.0]
     >>> result = oracle_choice(rd, costs, budget=6.0)
-    >>> result["single"], result["oracle"]
-    (0, [1, 0])
+    >>> result["single"], result["oracle"]  # the detailed image gets 7 bits, the flat one 5
+    (1, [2, 0])
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ __all__ = ["oracle_bound", "oracle_choice"]
 
 
 def oracle_choice(rd: Sequence[Sequence[float]], costs: Sequence[float], budget: float) -> Dict[str, Any]:
-    """Best single profile and per-image oracle for an ``rd[image][profile]`` table and per-profile
-    ``costs`` (average bits), both within ``budget`` on average.
+    """Best single profile within ``budget`` and the per-image oracle at that profile's cost, for an
+    ``rd[image][profile]`` table and per-profile ``costs`` (average bits).
 
     Raises:
         ValueError: if no profile is within the budget.
@@ -49,7 +49,7 @@ def oracle_choice(rd: Sequence[Sequence[float]], costs: Sequence[float], budget:
         raise ValueError(f"no profile costs at most {budget} bits (the cheapest: {costs.min():.3f})")
     single = int(allowed[np.argmin(table[:, allowed].mean(axis=0))])
     images = table.shape[0]
-    oracle = multiple_choice_knapsack(table, np.tile(costs / images, (images, 1)), budget + 1e-9)
+    oracle = multiple_choice_knapsack(table, np.tile(costs / images, (images, 1)), costs[single] + 1e-9)
     return {"single": single, "oracle": oracle}
 
 
@@ -75,7 +75,8 @@ def oracle_bound(
     cost: str = "bits_bitops",
 ) -> Dict[str, Any]:
     """Code every image with every profile of a dynaquantized ``model`` and compare the best single
-    profile with the per-image oracle at equal average cost (see the module docstring).
+    profile within ``budget`` with the per-image oracle at that profile's cost (see the module
+    docstring).
 
     Args:
         model: a dynaquantized model (its weights; its selectors are not used).
