@@ -266,3 +266,24 @@ def test_static_mixed_profile_trains_frozen_and_reloads(tmp_path: Path) -> None:
     assert not hasattr(model, "dynaquant")
     assert model.dynaquant_profile["g_a.2"] == [4, 8] and model.dynaquant_profile["h_s.4"] == 6
     assert model.get_submodule("g_s.4").widths == (4, 8)
+
+
+def test_ptq_init_quantizes_the_static_profile_before_training(tmp_path: Path) -> None:
+    from compressai.models import ScaleHyperprior
+
+    from dynaquant_brevitas.training.loop import dynaquant_prepare
+
+    profile = {name: [4, 8] for name in ("g_a.2", "g_a.4", "g_a.6", "g_s.2", "g_s.4", "g_s.6")}
+    quant = {"config": {"weight_bits": [4, 8], "activation_bits": [8], "calibration_batches": 2},
+             "profile": profile, "init": "ptq"}
+    cfg = tiny_config(tmp_path / "ptq", steps=2, quant=quant)
+    torch.manual_seed(0)
+    model = dynaquant_prepare(ScaleHyperprior(8, 12), cfg, iter([torch.rand(2, 3, 64, 64) for _ in range(2)]))
+    assert [r["layer"] for r in model.ptq_report][:2] == ["g_a.0", "g_a.2"] and len(model.ptq_report) == 14
+    assert model.get_submodule("g_a.2").widths == (4, 8) and model.get_submodule("g_a.0").widths == (8, 8)
+    train(cfg)  # and through the loop, resumable like any static run
+    assert (tmp_path / "ptq" / "final.pt").exists()
+    with pytest.raises(ConfigError, match="quant.init: ptq needs a static model"):
+        tiny_config(tmp_path / "x", quant=dict(quant, profile=None))
+    with pytest.raises(ConfigError, match="quant.init must be one of"):
+        tiny_config(tmp_path / "x", quant=dict(quant, init="percentile"))

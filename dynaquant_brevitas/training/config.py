@@ -102,10 +102,14 @@ class QuantSection:
     and choice, :func:`~dynaquant_brevitas.training.loss.choice_information`); ``selector_lr``
     gives the selectors their own learning rate (default: ``train.lr``). The selectors' Gumbel-softmax temperature decays
     exponentially from ``tau_start`` to ``tau_end`` over ``tau_decay_steps`` steps.
+    ``init`` sets the quantizers before training: ``"calibrate"`` (percentile ranges of the
+    ``calibration_batches`` first batches) or ``"ptq"`` (:func:`~dynaquant_brevitas.transform.ptq`
+    on those batches: ranges by output error, rounded weights, bias correction; static models only).
     """
 
     config: Optional[dict[str, Any]] = None
     profile: Optional[Any] = None
+    init: str = "calibrate"
     gamma: float = 0.0
     bit_cost: str = "layers"
     diversity: float = 0.0
@@ -128,6 +132,9 @@ class QuantSection:
         progress = min(max(step, 0) / self.tau_decay_steps, 1.0)
         return self.tau_start * (self.tau_end / self.tau_start) ** progress
 
+
+#: how ``quant.init`` may set the quantizers before training
+INITS = ("calibrate", "ptq")
 
 #: keys of earlier versions: section.key -> where they live now
 MOVED = {
@@ -206,6 +213,7 @@ class TrainConfig:
             (q.diversity >= 0, "quant.diversity must be >= 0"),
             (q.selector_lr is None or q.selector_lr > 0, "quant.selector_lr must be positive"),
             (q.bit_cost in BIT_COSTS, f"quant.bit_cost must be one of {', '.join(BIT_COSTS)}, not {q.bit_cost!r}"),
+            (q.init in INITS, f"quant.init must be one of {', '.join(INITS)}, not {q.init!r}"),
             (q.tau_start > 0 and q.tau_end > 0, "quant.tau_start and quant.tau_end must be positive"),
             (q.tau_decay_steps > 0, "quant.tau_decay_steps must be positive"),
             (q.kp >= 0 and q.ki >= 0, "quant.kp and quant.ki must be >= 0"),
@@ -220,6 +228,8 @@ class TrainConfig:
         dq = self.dynaquant_config()
         if q.profile is not None and (dq is None or not isinstance(q.profile, (str, dict))):
             raise ConfigError("quant.profile is a {layer: bits} mapping or a JSON file of one, with quant.config set")
+        if q.init == "ptq" and (dq is None or (dq.dynamic and q.profile is None)):
+            raise ConfigError("quant.init: ptq needs a static model: quant.config with one candidate, or a quant.profile")
         if q.target_bits is not None:
             if dq is None:
                 raise ConfigError("quant.target_bits needs quant.config (quantization-aware training)")

@@ -44,7 +44,7 @@ from ..io.checkpoint import build_model, load_checkpoint, save_atomic, unwrap, w
 from ..io.files import folder_lock, write_atomic
 from ..io.images import ImageFolderCrops
 from ..quant import calibrate
-from ..transform import dynaquantize, freeze
+from ..transform import dynaquantize, freeze, ptq
 from .config import ConfigError, TrainConfig
 from .data_order import batches_from, seed_everything
 from .distributed import Dist, init_distributed, mean_across, resolve_device, wrap_ddp
@@ -66,17 +66,22 @@ class TrainingDiverged(ValueError):
 def dynaquant_prepare(model: nn.Module, cfg: TrainConfig, batches: Optional[Iterator[torch.Tensor]]) -> nn.Module:
     """The default ``prepare``: float training as is; with ``quant.config``, ``dynaquantize`` (frozen
     to ``quant.profile`` when one is given) and, on a fresh start, calibrate on
-    ``calibration_batches`` training batches."""
+    ``calibration_batches`` training batches (``quant.init: ptq``: post-training quantization on them)."""
     config = cfg.dynaquant_config()
     if config is None:
         return model
-    qmodel = dynaquantize(model, config)
     profile = cfg.static_profile()
+    first = None if batches is None else [next(batches) for _ in range(config.calibration_batches)]
+    if first and cfg.quant.init == "ptq":
+        side = max(64, min(first[0].shape[-2:]) // 64 * 64)  # ptq pads smaller crops
+        return ptq(model, first, config, crops=sum(len(b) for b in first), crop_size=side,
+                   batch_size=len(first[0]), seed=cfg.train.seed, progress=False, profile=profile)
+    qmodel = dynaquantize(model, config)
     if profile is not None:
         qmodel = freeze(qmodel, profile)  # static mixed precision: no selectors
-    if batches is not None:
+    if first:
         device = next(qmodel.parameters()).device
-        calibrate(qmodel, [next(batches).to(device) for _ in range(config.calibration_batches)])
+        calibrate(qmodel, [batch.to(device) for batch in first])
     return qmodel
 
 

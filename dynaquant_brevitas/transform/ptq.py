@@ -41,7 +41,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ from ..memory import PROBE_SIDE, activation_peak, available_memory
 from ..quant import ContentAwareIntQuant, calibrate
 from .config import DynaQuantConfig
 from .dynaquantize import DynaQuantState, dynaquantize
+from .profiles import freeze
 
 __all__ = ["PTQ_CONFIG", "ROUNDINGS", "calibration_crops", "ptq"]
 
@@ -119,6 +120,7 @@ def ptq(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    profile: Optional[Mapping[str, Any]] = None,
 ) -> nn.Module:
     """Quantize a float CompressAI model after training, from a few images (see the module docs).
 
@@ -139,18 +141,21 @@ def ptq(
         batch_size: crops per forward pass.
         seed: seed of the crops and of every random choice.
         progress: print a time estimate and show a progress bar over the layers.
+        profile: a static mixed-precision profile (``{layer: bits or [weight, activation]}``, as
+            :func:`~dynaquant_brevitas.transform.freeze` takes) for a configuration with several
+            candidates: the model is frozen to it, then quantized.
 
     Returns:
         ``model``, dynaquantized and calibrated, ready for ``update()``, ``compress`` and
-        :func:`~dynaquant_brevitas.io.save_model`.
+        :func:`~dynaquant_brevitas.io.save_model`; with ``profile``, the frozen copy.
 
     Raises:
-        ValueError: for an already quantized model, a dynamic configuration, no images, or
-            images of the wrong shape.
+        ValueError: for an already quantized model, a dynamic configuration without a profile,
+            no images, or images of the wrong shape.
     """
     config = PTQ_CONFIG if config is None else config
     _check_float(model)
-    if config.dynamic:
+    if config.dynamic and profile is None:
         raise ValueError(
             f"ptq needs a static configuration (one candidate width), got the candidates "
             f"{list(getattr(config, 'pairs', config.candidate_bits))}: a dynamic model needs a trained "
@@ -170,6 +175,8 @@ def ptq(
     reference = copy.deepcopy(model).eval()
     was_training = model.training
     dynaquantize(model, config)
+    if profile is not None:
+        model = freeze(model, profile)
     start = time.perf_counter()
     calibrate(model, batches)
     forward_seconds = time.perf_counter() - start
@@ -178,7 +185,7 @@ def ptq(
     if search or bias_correction or rounding != "nearest":
         run = _Run(model, reference, units, batches, search, bias_correction, rounding, rounding_iters, generator)
         run.all(forward_seconds, progress)
-    model.dynaquant.ptq_report = [unit.report for unit in units]
+    getattr(model, "dynaquant", model).ptq_report = [unit.report for unit in units]
     return model.train(was_training) if was_training else model
 
 
