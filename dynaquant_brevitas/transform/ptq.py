@@ -147,7 +147,8 @@ def ptq(
 
     Returns:
         ``model``, dynaquantized and calibrated, ready for ``update()``, ``compress`` and
-        :func:`~dynaquant_brevitas.io.save_model`; with ``profile``, the frozen copy.
+        :func:`~dynaquant_brevitas.io.save_model`; with ``profile``, the frozen copy. What was
+        chosen per layer is in ``model.dynaquant.ptq_report`` (frozen: ``model.ptq_report``).
 
     Raises:
         ValueError: for an already quantized model, a dynamic configuration without a profile,
