@@ -163,6 +163,10 @@ METHODS: List[Method] = [
            "mixed-bitops6 fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 6.0, "cost": "bitops"},
            steps_factor=5),
+    Method("mixed-bitops6-a8", "mixed",
+           "static mixed precision at 6.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8}, "
+           "activations 8 (the BitOPs spent on weights only), fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=[8]), mixed={"budget": 6.0, "cost": "bitops"}),
     Method("mixed-bitops6-ptqinit", "mixed",
            "mixed-bitops6 with its quantizers set by post-training quantization (transform.ptq: ranges by output "
            "error, GPTQ-rounded weights, bias correction) on the calibration batches instead of percentile ranges",
