@@ -497,7 +497,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
                          for name, info in (summary.get("eval_sets") or {}).items())
     header = [
         f"Mode: **{summary.get('mode')}**; {settings.get('train', {}).get('steps')} fine-tuning steps per method "
-        f"and quality; evaluation on {set_text or summary.get('eval_images')} "
+        f"and quality (rows named -long: 5 times as many); evaluation on {set_text or summary.get('eval_images')} "
         + ("" if set_text else f"({summary.get('eval_image_count')} images) ")
         + "with real bitstreams; reference qualities: "
         + ", ".join(f"q{r['quality']}" + ("" if r["available"] else " (missing)") for r in summary.get("references", []))
