@@ -495,9 +495,12 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     settings = summary.get("settings", {})
     set_text = "; ".join(f"{name}: {info.get('source')} ({len(info.get('images') or [])} images)"
                          for name, info in (summary.get("eval_sets") or {}).items())
+    steps = settings.get("train", {}).get("steps")
+    longer = sorted({f"{r['method']} ({r['training_steps']})" for r in summary.get("rows", [])
+                     if r.get("training_steps") and steps and r["training_steps"] > steps})
     header = [
-        f"Mode: **{summary.get('mode')}**; {settings.get('train', {}).get('steps')} fine-tuning steps per method "
-        f"and quality (rows named -long: 5 times as many); evaluation on {set_text or summary.get('eval_images')} "
+        f"Mode: **{summary.get('mode')}**; {steps} fine-tuning steps per method "
+        f"and quality{' (longer: ' + ', '.join(longer) + ')' if longer else ''}; evaluation on {set_text or summary.get('eval_images')} "
         + ("" if set_text else f"({summary.get('eval_image_count')} images) ")
         + "with real bitstreams; reference qualities: "
         + ", ".join(f"q{r['quality']}" + ("" if r["available"] else " (missing)") for r in summary.get("references", []))
