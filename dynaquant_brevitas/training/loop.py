@@ -79,7 +79,7 @@ def dynaquant_prepare(model: nn.Module, cfg: TrainConfig, batches: Optional[Iter
     qmodel = dynaquantize(model, config)
     if profile is not None:
         qmodel = freeze(qmodel, profile)  # static mixed precision: no selectors
-    if first:
+    if first is not None:
         device = next(qmodel.parameters()).device
         calibrate(qmodel, [batch.to(device) for batch in first])
     return qmodel
