@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from brevitas.nn import QuantConv2d
+from compressai.layers import MaskedConv2d
 from torch import nn
 
 from dynaquant_brevitas.io.checkpoint import load_checkpoint
@@ -62,7 +64,8 @@ class Method:
             (``training.selector_fit``) after the training of the method named ``after`` (shared
             with that row): ``budget`` and ``cost`` of ``fit_selectors``. After a static
             (``mixed``) method, the model is first made dynamic around its profile
-            (``transform.unfreeze`` with this method's ``quant``).
+            (``transform.unfreeze`` with this method's ``quant``, widened by a dynamic layer's
+            profile widths where they are not among its candidates).
         steps_factor: fine-tune this many times the benchmark's steps (a longer-trained variant).
     """
 
@@ -210,8 +213,9 @@ METHODS: List[Method] = [
            fit={"after": "dyn-w3468-a68-bitops6", "budget": 6.0, "cost": "bitops"}),
     Method("dyn-around-mixed-bitops6", "dynaquant",
            "mixed-bitops6's trained static model (the same training) made dynamic around its profile: the six "
-           "dynamic layers choose per image among weights {4,5,6,8} x activations {5,6,8}, selectors fitted to a "
-           "choice table at 6.0 average bits (BitOPs); the other layers keep their static widths",
+           "dynamic layers choose per image among weights {4,5,6,8} x activations {5,6,8} (plus the profile's own "
+           "widths where they lie outside), selectors fitted to a choice table at 6.0 average bits (BitOPs); the "
+           "other layers keep their static widths",
            _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8]), _target(6.0, "bitops"),
            fit={"after": "mixed-bitops6", "budget": 6.0, "cost": "bitops"}),
     Method("dyn-around-mixed-w5.5-a8", "dynaquant",
@@ -431,6 +435,15 @@ def quantized_layer_names(model: nn.Module) -> List[str]:
     return plan_quantization(model, DynaQuantConfig(candidate_bits=(8,))).quantized
 
 
+class _MaskedQuantConv2d(QuantConv2d):
+    """Brevitas's stock ``QuantConv2d`` with a context model's fixed mask (``mask`` buffer) applied
+    to the weight before each call, as CompressAI's ``MaskedConv2d`` does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.weight.data.mul_(self.mask)
+        return super().forward(x)
+
+
 def brevitas_int8(model: nn.Module) -> nn.Module:
     """Swap DynaQuant's layers for Brevitas's stock int8 layers, in place; weights are copied.
 
@@ -438,7 +451,7 @@ def brevitas_int8(model: nn.Module) -> nn.Module:
     ``Int8ActPerTensorFloat`` (per tensor, scale from percentile statistics, then learned),
     straight-through rounding; outputs stay float so GDN and the entropy models see plain tensors.
     """
-    from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantLinear
+    from brevitas.nn import QuantConvTranspose2d, QuantLinear
     from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
 
     quant = dict(weight_quant=Int8WeightPerChannelFloat, input_quant=Int8ActPerTensorFloat,
@@ -450,9 +463,12 @@ def brevitas_int8(model: nn.Module) -> nn.Module:
             q = QuantConvTranspose2d(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride,
                                      padding=f.padding, output_padding=f.output_padding, dilation=f.dilation,
                                      groups=f.groups, bias=bias, **quant)
-        elif type(f) is nn.Conv2d:
-            q = QuantConv2d(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride, padding=f.padding,
-                            dilation=f.dilation, groups=f.groups, padding_mode=f.padding_mode, bias=bias, **quant)
+        elif type(f) is nn.Conv2d or isinstance(f, MaskedConv2d):
+            conv = _MaskedQuantConv2d if isinstance(f, MaskedConv2d) else QuantConv2d
+            q = conv(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride, padding=f.padding,
+                     dilation=f.dilation, groups=f.groups, padding_mode=f.padding_mode, bias=bias, **quant)
+            if isinstance(f, MaskedConv2d):
+                q.register_buffer("mask", f.mask.detach().clone())
         elif type(f) is nn.Linear:
             q = QuantLinear(f.in_features, f.out_features, bias=bias, **quant)
         else:
@@ -614,7 +630,7 @@ def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, An
         if hasattr(model, "dynaquant_profile"):  # a static model: dynamic around its profile
             from dynaquant_brevitas.transform import unfreeze
 
-            model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config), model.dynaquant_profile
+            model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config, widen=True), model.dynaquant_profile
         table = choice_table(model, batch, float(reference["lmbda"]), base=base)
         report = fit_selectors(model, table, float(method.fit["budget"]), str(method.fit["cost"]), seed=cfg.train.seed)
         out.mkdir(parents=True, exist_ok=True)

@@ -364,3 +364,25 @@ def test_cross_platform_harness_on_one_image(tmp_path):
     assert {r["perturbation"] for r in integer} == set(harness.PERTURBATIONS)
     assert all(r["exact"] == r["images"] == 1 for r in integer)
     assert {r["path"] for r in rows} == {"float", "fake-quant", "integer"}
+
+
+def test_brevitas_baseline_keeps_a_context_models_mask():
+    """The stock-Brevitas baseline swaps a checkerboard context model's masked convolution too, and
+    the masked weights stay zero through training steps."""
+    import torch
+    from brevitas.nn import QuantConv2d
+    from compressai.models import Cheng2020AnchorCheckerboard
+
+    methods = _bench_module("bench_methods")
+    torch.manual_seed(0)
+    model = methods.brevitas_int8(Cheng2020AnchorCheckerboard(N=8))
+    context = model.latent_codec["y"].context_prediction
+    assert isinstance(context, QuantConv2d) and not bool(context.mask.all())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        out = model(torch.rand(1, 3, 64, 64))
+        optimizer.zero_grad()
+        sum(lik.log().sum() for lik in out["likelihoods"].values()).neg().backward()
+        optimizer.step()
+        model(torch.rand(1, 3, 64, 64))
+    assert float(context.weight.detach()[context.mask == 0].abs().max()) == 0.0

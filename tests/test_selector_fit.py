@@ -136,3 +136,7 @@ def test_unfreeze_keeps_the_static_model_at_its_profile(tiny):
         unfreeze(float_model, float_model)
     with pytest.raises(ValueError, match="not among the candidates"):
         unfreeze(frozen, float_model, DynaQuantConfig(weight_bits=(6, 8), activation_bits=(8,)))
+    widened = unfreeze(frozen, float_model, DynaQuantConfig(weight_bits=(6, 8), activation_bits=(8,)), widen=True)
+    assert widened.dynaquant.config.pairs == ((4, 8), (6, 8), (8, 8))
+    with torch.no_grad():
+        assert torch.equal(freeze(widened.eval(), frozen.dynaquant_profile).eval()(x)["x_hat"], again(x)["x_hat"])

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
@@ -165,18 +166,29 @@ def freeze(model: nn.Module, profile: Profile = "max", images: Optional[Iterable
     return frozen
 
 
-def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQuantConfig] = None) -> nn.Module:
+def _widened(config: DynaQuantConfig, widths: Iterable[Tuple[int, int]]) -> DynaQuantConfig:
+    """``config`` with ``widths`` ((weight, activation) pairs) added to its weight and activation widths."""
+    widths = list(widths)
+    weights = sorted(set(config.weight_bits or config.candidate_bits) | {w for w, _ in widths})
+    activations = sorted(set(config.activation_bits or config.candidate_bits) | {a for _, a in widths})
+    return dataclasses.replace(config, weight_bits=tuple(weights), activation_bits=tuple(activations))
+
+
+def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQuantConfig] = None,
+             widen: bool = False) -> nn.Module:
     """A dynamic model around a static one: ``float_model`` (left unchanged) dynaquantized with
     ``config`` (default: the frozen model's), with the frozen model's trained weights and ranges
     and every fixed layer at its frozen widths. The selectors are new: fit them to the model
     (:func:`~dynaquant_brevitas.training.selector_fit.fit_selectors`) around the frozen profile.
 
     The bit costs count the fixed layers at their frozen widths. Each dynamic layer's frozen
-    widths must be among the candidates, so that the frozen profile stays one of the choices.
+    widths must be among the candidates, so that the frozen profile stays one of the choices;
+    ``widen=True`` adds the dynamic layers' frozen weight and activation widths to ``config``'s
+    instead (the model's ``dynaquant_config`` says which it got).
 
     Raises:
-        ValueError: if ``frozen`` is not a frozen model of the same architecture, or a dynamic
-            layer's frozen widths are not a candidate.
+        ValueError: if ``frozen`` is not a frozen model of the same architecture, or (without
+            ``widen``) a dynamic layer's frozen widths are not a candidate.
     """
     profile = getattr(frozen, "dynaquant_profile", None)
     if profile is None:
@@ -190,6 +202,8 @@ def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQua
         raise ValueError(f"the frozen model's quantized layers {sorted(widths)} are not this model's {sorted(layers)}")
     dynamic = [n for side in (ENCODER, DECODER) for n in state.layer_names[side]]
     outside = {n: widths[n] for n in dynamic if widths[n] not in config.pairs}
+    if outside and widen:
+        return unfreeze(frozen, float_model, _widened(config, outside.values()))
     if outside:
         raise ValueError(f"frozen widths {outside} are not among the candidates {list(config.pairs)}")
     skipped = set(model.load_state_dict(frozen.state_dict(), strict=False).missing_keys)
