@@ -233,6 +233,9 @@ METHODS: List[Method] = [
     Method("ablation-int8-no-offset", "dynaquant", "ablation: DynaQuant int8 without learned offsets "
            "(the recommended int8 setting for GDN codecs; also selected as dynaquant-int8-nooffset)",
            _dq((8,), learn_offset=False)),
+    Method("ablation-int8-no-offset-long", "dynaquant",
+           "ablation-int8-no-offset fine-tuned 5 times longer (1000 steps at the default 200)",
+           _dq((8,), learn_offset=False), steps_factor=5),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_range=False)),
     Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",
