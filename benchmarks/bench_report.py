@@ -312,7 +312,7 @@ def merge_summaries(previous: Optional[Mapping[str, Any]], summary: Dict[str, An
                     order: Sequence[str] = (), kinds: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """``summary`` with the rows of ``previous`` (an earlier ``summary.json`` of the same mode) that it
     does not recompute: a run of some methods keeps the others. Each kept row keeps the command,
-    date and settings it was measured with (``run``); rows are ordered by model, then ``order``;
+    date and settings it was measured with (``run``); rows are ordered by model name, then ``order``;
     rows written before rows named their model and kind get them (the kind from ``kinds``)."""
     if not previous or previous.get("mode") != summary.get("mode"):
         return summary
@@ -331,7 +331,7 @@ def merge_summaries(previous: Optional[Mapping[str, Any]], summary: Dict[str, An
         kept.append(row)
     if not kept:
         return summary
-    models = list(dict.fromkeys(list(summary.get("models") or []) + [row["model"] for row in kept]))
+    models = sorted(set(summary.get("models") or []) | {row["model"] for row in kept})  # the same order whoever ran last
     rank = {name: i for i, name in enumerate(order)}
     rows = sorted(summary["rows"] + kept, key=lambda r: (models.index(r["model"]) if r["model"] in models else len(models),
                                                        rank.get(r["method"], len(rank))))
