@@ -137,6 +137,8 @@ METHODS: List[Method] = [
            "DynaQuant static int8 with one activation step per tensor (integer kernels in onnxruntime, exact FINN path)",
            _dq((8,), activation_per_channel=False)),
     Method("dynaquant-int6", "dynaquant", "DynaQuant static int6: content-aware scale and offset, DGM", _dq((6,))),
+    Method("dynaquant-int5", "dynaquant", "DynaQuant static int5 (uniform 5-bit weights and activations, the fixed "
+           "layers at 8): the uniform row beside mixed-bitops5", _dq((5,))),
     Method("static-w6a8", "dynaquant", "DynaQuant static, 6-bit weights and 8-bit activations, DGM",
            _dq((8,), weight_bits=[6], activation_bits=[8])),
     Method("static-w4a8", "dynaquant", "DynaQuant static, 4-bit weights and 8-bit activations, DGM",
