@@ -151,6 +151,10 @@ METHODS: List[Method] = [
            "static mixed precision at 5.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8} x "
            "activations {4,5,6,8}, fine-tuned frozen",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 5.0, "cost": "bitops"}),
+    Method("mixed-bitops5.46", "mixed",
+           "static mixed precision at 5.46 average bits (BitOPs), the cost of the uniform dynaquant-int5 row, from the "
+           "layer sensitivities, weights {2,3,4,5,6,8} x activations {4,5,6,8}, fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS), mixed={"budget": 5.46, "cost": "bitops"}),
     Method("mixed-w5.5-a8", "mixed",
            "static mixed precision at 5.5 average weight bits (size) from the layer sensitivities, weights {2,3,4,5,6,8}, "
            "activations 8, fine-tuned frozen",
@@ -238,6 +242,10 @@ METHODS: List[Method] = [
     Method("ablation-int8-no-offset-long", "dynaquant",
            "ablation-int8-no-offset fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), learn_offset=False), steps_factor=5),
+    Method("dynaquant-int8-headroom", "dynaquant",
+           "ablation-int8-no-offset with every activation range widened by 1.25 after calibration "
+           "(activation_headroom)",
+           _dq((8,), learn_offset=False, activation_headroom=1.25)),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_range=False)),
     Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",

@@ -14,6 +14,7 @@ from torch import nn
 
 from dynaquant_brevitas import (
     BitChoice,
+    DynaQuantConfig,
     DynaActQuant,
     DynaUintActQuant,
     DynaWeightQuant,
@@ -232,6 +233,27 @@ def test_calibration_stops_after_the_configured_number_of_batches():
     after_two = tq.range.detach().clone()
     layer(100 * torch.randn(8, 2, 8, 8))
     assert int(tq.observed_batches) == 2 and torch.equal(tq.range, after_two)
+
+
+@pytest.mark.parametrize("learn_offset", [False, True])
+def test_headroom_widens_the_calibrated_union_once(learn_offset):
+    """The headroom multiplies the union of the batches' ranges; it does not compound per batch."""
+    batches = [torch.randn(8, 2, 8, 8), 3 * torch.randn(8, 2, 8, 8), torch.randn(8, 2, 8, 8)]
+    ranges = {}
+    for headroom in (1.0, 1.5):
+        layer = QuantIdentity(act_quant=DynaActQuant, calibration_batches=3, stats_headroom=headroom,
+                              learn_offset=learn_offset).train()
+        for x in batches:
+            layer(x)
+        ranges[headroom] = act_tq(layer.act_quant).range.detach()
+    assert torch.allclose(ranges[1.5], 1.5 * ranges[1.0])
+
+
+def test_headroom_outside_its_bounds_is_refused():
+    with pytest.raises(ValueError, match="headroom"):
+        DynaQuantConfig(activation_headroom=0.5)
+    with pytest.raises(ValueError, match="headroom"):
+        QuantIdentity(act_quant=DynaActQuant, stats_headroom=100.0)
 
 
 # -- LSQ gradient scaling ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class _ContentAware(ExtendedInjector):
     learn_range = True
     per_channel = True
     integer_zero_point = False
+    stats_headroom = 1.0
 
 
 class ContentAwareWeight(_ContentAware):

@@ -225,11 +225,14 @@ class ContentAwareIntQuant(nn.Module):
         channel_dim: int = 1,
         tracked_parameter_list: Optional[List[Tensor]] = None,
         integer_zero_point: bool = False,
+        stats_headroom: float = 1.0,
     ) -> None:
         super().__init__()
         _check_bits(bit_width)
         if not 50.0 < stats_percentile <= 100.0:
             raise ValueError(f"stats_percentile must be in (50, 100], got {stats_percentile}")
+        if not 1.0 <= stats_headroom <= 16.0:
+            raise ValueError(f"stats_headroom must be in [1, 16], got {stats_headroom}")
         self.float_to_int_impl = float_to_int_impl
         self.signed = bool(signed)
         self.narrow_range = bool(narrow_range)
@@ -238,6 +241,7 @@ class ContentAwareIntQuant(nn.Module):
         self.per_channel = bool(per_channel)
         self.is_weight = bool(is_weight)
         self.stats_percentile = float(stats_percentile)
+        self.stats_headroom = float(stats_headroom)
         self.calibration_batches = int(calibration_batches)
         self.channel_dim = int(channel_dim)
         self.integer_zero_point = bool(integer_zero_point)
@@ -292,14 +296,17 @@ class ContentAwareIntQuant(nn.Module):
         dim = self.channel_dim % x.dim()
         return x.transpose(0, dim).reshape(x.shape[dim], -1)
 
-    def _covered(self) -> Tuple[Tensor, Tensor]:
-        """``(low, high)`` per channel: the real values the current grid spans."""
-        low = self.offset.detach() - (self.range.detach() if self.signed else 0)
-        return low, self.offset.detach() + self.range.detach()
+    def _covered(self, headroom: float = 1.0) -> Tuple[Tensor, Tensor]:
+        """``(low, high)`` per channel: the real values the current grid spans (with the range
+        divided by ``headroom``: what calibration observed before it added its headroom)."""
+        range_ = self.range.detach() / headroom
+        low = self.offset.detach() - (range_ if self.signed else 0)
+        return low, self.offset.detach() + range_
 
     def _observe(self, x: Tensor) -> None:
         """Fold one batch into ``range`` and ``offset``: the grid spans the union of every batch's
-        ``stats_percentile`` range (per channel), so no calibration batch is clipped."""
+        ``stats_percentile`` range (per channel), so no calibration batch is clipped, with its
+        range widened by ``stats_headroom`` for the larger extremes of images calibration did not see."""
         flat = self._channels_first(x.detach().float())
         if flat.shape[1] > _MAX_STATS_SAMPLES:
             stride = -(-flat.shape[1] // _MAX_STATS_SAMPLES)
@@ -317,7 +324,7 @@ class ContentAwareIntQuant(nn.Module):
         if self.initialized and count > 0 and self.range.shape == hi.shape:
             # the union with what earlier batches covered: a mean of per-batch extremes would clip
             # every batch that reaches further than the average one
-            prev_lo, prev_hi = self._covered()
+            prev_lo, prev_hi = self._covered(self.stats_headroom)
             lo, hi = torch.minimum(lo, prev_lo.to(lo)), torch.maximum(hi, prev_hi.to(hi))
         if self.signed:
             new_offset = (hi + lo) / 2 if self.learn_offset else torch.zeros_like(hi)
@@ -330,6 +337,7 @@ class ContentAwareIntQuant(nn.Module):
         dead = new_range <= _DEAD_RANGE * torch.maximum(hi.abs(), lo.abs()).clamp_min(1.0)
         new_offset = torch.where(dead, torch.zeros_like(new_offset), new_offset)
         new_range = torch.where(dead, torch.maximum(hi.abs(), lo.abs()), new_range).clamp_min(_MIN_RANGE)
+        new_range = new_range * self.stats_headroom
         # Assign .data so that an optimizer built before the first batch keeps valid references.
         self.range.data = new_range.to(self.range.device if self.initialized else x.device)
         self.offset.data = new_offset.to(self.range.device)

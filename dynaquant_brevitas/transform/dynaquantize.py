@@ -43,6 +43,7 @@ QUANTIZER_OPTIONS = (
     "quantize_activations",
     "learn_range",
     "activation_percentile",
+    "activation_headroom",
     "learn_offset",
     "activation_per_channel",
     "weight_offset",
