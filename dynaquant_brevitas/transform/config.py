@@ -62,8 +62,9 @@ class DynaQuantConfig:
         activation_percentile: the percentile (of each channel's values, in (50, 100]) that
             calibration sets an activation range to; 100 is the maximum (nothing clipped).
         activation_headroom: factor (in [1, 16]) calibration widens every activation range by, after
-            the percentile: the images a codec meets reach further than the training crops it was
-            calibrated on, and at 8 bits clipping them costs more than the coarser step.
+            the percentile. It helps models used straight after calibration (busy images reach
+            further than the crops calibration saw) but cost BD-rate after fine-tuning in the
+            benchmark (``dynaquant-int8-headroom``; the concepts page), so the default is 1.
         learn_offset: learn per-channel activation offsets (asymmetric grids). Off by default: on
             photographs they make no measurable difference at 8 bits (BD-rate +0.22 % with, +0.17 %
             without, one seed, ``benchmarks/results/summary.md``), but they fit the grids so tightly
