@@ -246,6 +246,14 @@ METHODS: List[Method] = [
            "ablation-int8-no-offset with every activation range widened by 1.25 after calibration "
            "(activation_headroom)",
            _dq((8,), learn_offset=False, activation_headroom=1.25)),
+    Method("dynaquant-int8-image-range", "dynaquant",
+           "ablation-int8-no-offset with every activation grid spanning each image's own reach per channel "
+           "(activation_range='per-image': computed from the tensor at run time, nothing clipped, nothing sent)",
+           _dq((8,), learn_offset=False, activation_range="per-image")),
+    Method("dynaquant-int8-image-range-capped", "dynaquant",
+           "ablation-int8-no-offset with each activation range the smaller of the learned one and the image's "
+           "own reach per channel (activation_range='per-image-capped')",
+           _dq((8,), learn_offset=False, activation_range="per-image-capped")),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_range=False)),
     Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantConvTranspose2d
-from compressai.models import FactorizedPrior, FactorizedPriorReLU
+from compressai.models import FactorizedPrior, FactorizedPriorReLU, MeanScaleHyperprior
 from qonnx.core.modelwrapper import ModelWrapper
 
 from dynaquant_brevitas import calibrate
@@ -174,6 +174,23 @@ def test_export_refuses_a_part_that_still_follows_the_selector(tmp_path):
         export_qonnx(model.g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
     result = export_qonnx(freeze(model, "min").g_a, str(tmp_path / "g_a.onnx"), (1, 3, 32, 32))
     assert result.max_error_steps < 1
+
+
+def test_per_image_ranges_code_real_bitstreams_and_refuse_export(tmp_path):
+    """Per-image activation grids need no side information: the decoder derives them from what it
+    decoded, so decompress() gives what the quantized forward pass gives; ONNX export is refused."""
+    torch.manual_seed(5)
+    model = dynaquantize(MeanScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(8,), activation_range="per-image"))
+    calibrate(model, [torch.rand(2, 3, 128, 128)])
+    model.eval().update(force=True)
+    x = 0.3 * torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        coded = model.compress(x)
+        decoded = model.decompress(coded["strings"], coded["shape"])["x_hat"]
+        expected = model(x)["x_hat"].clamp(0, 1)  # decompress() clamps to the pixel range
+    assert torch.allclose(decoded, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="activation_range='static'"):
+        export_qonnx(model.g_a, str(tmp_path / "g_a.onnx"), (1, 3, 64, 64))
 
 
 def test_border_bias_keeps_only_channel_biases_and_stays_close_on_the_encoder(codec, tmp_path):

@@ -256,6 +256,53 @@ def test_headroom_outside_its_bounds_is_refused():
         QuantIdentity(act_quant=DynaActQuant, stats_headroom=100.0)
 
 
+# -- per-image activation ranges ----------------------------------------------------------------------
+
+
+def _calibrated_identity(image_range, signed=True):
+    quant = DynaActQuant if signed else DynaUintActQuant
+    layer = QuantIdentity(act_quant=quant, calibration_batches=1, learn_offset=False, image_range=image_range).train()
+    layer(4 * torch.randn(4, 3, 8, 8).abs())  # calibration: ranges of about 4 * 3.9 per channel
+    return layer.eval()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_per_image_range_spans_each_sample_and_channel_exactly(signed):
+    """Each sample's grid ends at its own largest value per channel: the extremes come back exactly,
+    and a quiet image gets a step far finer than the calibrated one."""
+    layer = _calibrated_identity("per-image", signed)
+    quiet = 0.01 * torch.rand(1, 3, 8, 8)
+    loud = 2 * torch.rand(1, 3, 8, 8)
+    x = torch.cat([quiet, loud])
+    x_hat = layer(x)
+    peak = x.amax(dim=(2, 3))
+    assert torch.allclose(x_hat.amax(dim=(2, 3)), peak, rtol=1e-5)
+    qmax = 127 if signed else 255
+    assert float((x_hat - x).abs().amax(dim=(1, 2, 3))[0]) <= 0.5 * float(peak[0].max()) / qmax * 1.001
+    static = _calibrated_identity("static", signed)
+    assert float((static(quiet) - quiet).abs().mean()) > 20 * float((x_hat[:1] - quiet).abs().mean())
+
+
+def test_capped_per_image_range_still_clips_at_the_learned_range():
+    capped, free = _calibrated_identity("per-image-capped"), _calibrated_identity("per-image")
+    limit = float(act_tq(capped.act_quant).range.max())
+    x = torch.full((1, 3, 4, 4), 0.5)
+    x[0, :, 0, 0] = 10 * limit
+    assert float(capped(x).max()) <= limit * 1.001 < float(free(x).max())
+    quiet = 0.01 * torch.rand(1, 3, 8, 8)
+    assert torch.equal(capped(quiet), free(quiet))
+
+
+def test_per_image_ranges_have_no_static_scale_to_export():
+    layer = _calibrated_identity("per-image")
+    with pytest.raises(ValueError, match="per image"):
+        act_tq(layer.act_quant).qparams()
+    with pytest.raises(ValueError, match="activation_range"):
+        DynaQuantConfig(activation_range="per-batch")
+    with pytest.raises(ValueError, match="integer_entropy_path"):
+        DynaQuantConfig(activation_range="per-image", integer_entropy_path=True)
+
+
 # -- LSQ gradient scaling ---------------------------------------------------------------------------
 
 

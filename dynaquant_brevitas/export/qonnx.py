@@ -104,10 +104,17 @@ def export_qonnx(
 def frozen(module: nn.Module, profile: Optional[Any] = None) -> nn.Module:
     """``module`` with one bit width per layer.
 
+    Activation grids set per image (``activation_range``) are refused: a graph holds static scales.
     A dynaquantized model (``model.dynaquant``) is frozen with ``profile`` (``"max"`` when not
     given). A part of a dynamic model that still carries a per-sample bit choice is refused:
     its bit widths would be whatever the last forward pass picked.
     """
+    per_image = sorted({q.image_range for q in module.modules() if getattr(q, "image_range", "static") != "static"})
+    if per_image:
+        raise ValueError(
+            f"this model sets activation ranges per image ({', '.join(per_image)}): ONNX graphs carry static "
+            "scales only; quantize with DynaQuantConfig(activation_range='static') to export"
+        )
     if hasattr(module, "dynaquant"):
         return freeze(module, profile if profile is not None else "max")
     if profile is not None:

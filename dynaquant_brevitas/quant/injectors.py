@@ -51,6 +51,7 @@ class _ContentAware(ExtendedInjector):
     per_channel = True
     integer_zero_point = False
     stats_headroom = 1.0
+    image_range = "static"
 
 
 class ContentAwareWeight(_ContentAware):

@@ -28,6 +28,11 @@ are exact, and carry the straight-through Gumbel-softmax gradient backward:
   ``w`` the gradient of the mixture ``sum_k w[n, k] * Q_k(x)`` (each candidate's output recomputed
   there, not stored), so the selector weighs every candidate's rounding and clipping.
 
+Per-image ranges (activations, ``image_range``): the grid's range can follow each sample, computed
+from the tensor itself (its largest distance from the offset per channel), so the decoder derives
+the same step from what it decoded and no side information is sent. Such a grid has no static
+scale, so :meth:`ContentAwareIntQuant.qparams` (packing, every exporter) refuses it.
+
 The arithmetic is fused into one autograd node (:mod:`.fake_quant`) whenever the rounding module
 provides ``grad_multiplier``; other rounding modules go through plain autograd.
 """
@@ -45,7 +50,12 @@ from torch import Tensor, nn
 from .fake_quant import fake_quantize, mixture_gradient
 from .rounding import DGMRound, STERound
 
-__all__ = ["BitChoice", "ContentAwareIntQuant", "QParams", "QuantizerNotCalibratedError", "int_range"]
+__all__ = ["IMAGE_RANGES", "BitChoice", "ContentAwareIntQuant", "QParams", "QuantizerNotCalibratedError", "int_range"]
+
+#: how an activation grid's range follows each image: ``"static"`` (the learned range),
+#: ``"per-image"`` (each sample's own reach per channel, nothing clipped) or ``"per-image-capped"``
+#: (the smaller of the two: the learned range still clips, a quieter image gets a finer step)
+IMAGE_RANGES = ("static", "per-image", "per-image-capped")
 
 _MIN_RANGE = 1e-8
 _DEAD_RANGE = 1e-6
@@ -226,6 +236,7 @@ class ContentAwareIntQuant(nn.Module):
         tracked_parameter_list: Optional[List[Tensor]] = None,
         integer_zero_point: bool = False,
         stats_headroom: float = 1.0,
+        image_range: str = "static",
     ) -> None:
         super().__init__()
         _check_bits(bit_width)
@@ -233,6 +244,8 @@ class ContentAwareIntQuant(nn.Module):
             raise ValueError(f"stats_percentile must be in (50, 100], got {stats_percentile}")
         if not 1.0 <= stats_headroom <= 16.0:
             raise ValueError(f"stats_headroom must be in [1, 16], got {stats_headroom}")
+        if image_range not in IMAGE_RANGES:
+            raise ValueError(f"image_range must be one of {IMAGE_RANGES}, got {image_range!r}")
         self.float_to_int_impl = float_to_int_impl
         self.signed = bool(signed)
         self.narrow_range = bool(narrow_range)
@@ -242,6 +255,7 @@ class ContentAwareIntQuant(nn.Module):
         self.is_weight = bool(is_weight)
         self.stats_percentile = float(stats_percentile)
         self.stats_headroom = float(stats_headroom)
+        self.image_range = "static" if is_weight else image_range
         self.calibration_batches = int(calibration_batches)
         self.channel_dim = int(channel_dim)
         self.integer_zero_point = bool(integer_zero_point)
@@ -275,6 +289,11 @@ class ContentAwareIntQuant(nn.Module):
     def qparams(self, bits: Optional[int] = None) -> QParams:
         """Scale, zero point and integer bounds at ``bits`` (default: the static width), detached,
         shaped to broadcast over this quantizer's input; what packing and every exporter read."""
+        if self.image_range != "static":
+            raise ValueError(
+                f"this activation quantizer sets its range per image (image_range={self.image_range!r}): it has "
+                "no static scale to export or pack; quantize with activation_range='static' for that"
+            )
         bits = int(self.static_bit_width) if bits is None else int(bits)
         qmin, qmax = self.levels(bits)
         with torch.no_grad():
@@ -369,7 +388,20 @@ class ContentAwareIntQuant(nn.Module):
         range_ = _scale_grad(self.range, factor) if self.learn_range else self.range
         offset = _scale_grad(self.offset, factor) if self.learn_offset else self.offset
         ndim = x.dim() if x.dim() > 0 else self.input_ndim
-        return self._param_view(range_, ndim).clamp_min(_MIN_RANGE), self._param_view(offset, ndim)
+        range_, offset = self._param_view(range_, ndim).clamp_min(_MIN_RANGE), self._param_view(offset, ndim)
+        if self.image_range == "static" or x.dim() < 2:
+            return range_, offset
+        reach = self._image_reach(x, offset)
+        return (reach if self.image_range == "per-image" else torch.minimum(range_, reach)), offset
+
+    def _image_reach(self, x: Tensor, offset: Tensor) -> Tensor:
+        """How far each sample's values reach from the grid's origin, per channel (detached, shaped
+        to broadcast over ``x``): the range that spans the sample without clipping."""
+        distance = x.detach() - offset.detach()
+        distance = distance.abs() if self.signed else distance.clamp_min(0)
+        keep = {0, self.channel_dim % x.dim()} if self.per_channel else {0}
+        dims = tuple(d for d in range(x.dim()) if d not in keep)
+        return distance.amax(dim=dims, keepdim=True).clamp_min(_MIN_RANGE)
 
     def _zero_point(self, offset: Tensor, scale: Tensor) -> Tensor:
         """``-offset / scale``; rounded (straight-through, so the offset keeps learning) when zero
@@ -466,7 +498,8 @@ class ContentAwareIntQuant(nn.Module):
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
         channels = self.range.numel() if self.per_channel else "per-tensor"
-        return f"{kind}, bits={int(self.static_bit_width)}, channels={channels}, learn_offset={self.learn_offset}"
+        ranges = "" if self.image_range == "static" else f", image_range={self.image_range}"
+        return f"{kind}, bits={int(self.static_bit_width)}, channels={channels}, learn_offset={self.learn_offset}{ranges}"
 
 
 def _check_bits(bits: int) -> None:

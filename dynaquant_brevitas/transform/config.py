@@ -33,6 +33,7 @@ import yaml
 
 from ..nn import selector as _selector  # noqa: F401  (registers the built-in selector)
 from ..quant import rounding as _rounding  # noqa: F401  (registers the built-in estimators)
+from ..quant.tensor_quant import IMAGE_RANGES
 from ..registry import lookup
 
 __all__ = ["DynaQuantConfig"]
@@ -65,6 +66,11 @@ class DynaQuantConfig:
             the percentile. It helps models used straight after calibration (busy images reach
             further than the crops calibration saw) but cost BD-rate after fine-tuning in the
             benchmark (``dynaquant-int8-headroom``; the concepts page), so the default is 1.
+        activation_range: ``"static"`` (default: the calibrated, learned range), ``"per-image"``
+            (each image's own reach per channel, computed from the tensor at run time, nothing
+            clipped) or ``"per-image-capped"`` (the smaller of the two). The decoder derives the
+            same grid from what it decoded, so nothing is transmitted; such grids have no static
+            scale, so packing and the exporters refuse them, and so does ``integer_entropy_path``.
         learn_offset: learn per-channel activation offsets (asymmetric grids). Off by default: on
             photographs they make no measurable difference at 8 bits (BD-rate +0.22 % with, +0.17 %
             without, one seed, ``benchmarks/results/summary.md``), but they fit the grids so tightly
@@ -106,6 +112,7 @@ class DynaQuantConfig:
     learn_range: bool = True
     activation_percentile: float = 99.99
     activation_headroom: float = 1.0
+    activation_range: str = "static"
     learn_offset: bool = False
     activation_per_channel: bool = True
     weight_offset: bool = False
@@ -144,6 +151,10 @@ class DynaQuantConfig:
             raise ValueError(f"activation_percentile: must be in (50, 100], got {self.activation_percentile!r}")
         if not isinstance(self.activation_headroom, (int, float)) or not 1 <= self.activation_headroom <= 16:
             raise ValueError(f"activation_headroom: must be in [1, 16], got {self.activation_headroom!r}")
+        if self.activation_range not in IMAGE_RANGES:
+            raise ValueError(f"activation_range: must be one of {', '.join(IMAGE_RANGES)}, got {self.activation_range!r}")
+        if self.activation_range != "static" and self.integer_entropy_path:
+            raise ValueError("integer_entropy_path needs static activation grids: set activation_range='static'")
         _check_count("selector_hidden", self.selector_hidden, minimum=1)
         _check_count("selector_pool", self.selector_pool, minimum=1)
         _check_count("calibration_batches", self.calibration_batches, minimum=0)

@@ -44,6 +44,7 @@ QUANTIZER_OPTIONS = (
     "learn_range",
     "activation_percentile",
     "activation_headroom",
+    "activation_range",
     "learn_offset",
     "activation_per_channel",
     "weight_offset",
