@@ -259,6 +259,9 @@ METHODS: List[Method] = [
            "ablation-int8-no-offset with each activation range the smaller of the learned one and the image's "
            "own reach per channel (activation_range='per-image-capped')",
            _dq((8,), learn_offset=False, activation_range="per-image-capped")),
+    Method("dynaquant-int8-image-range-capped-long", "dynaquant",
+           "dynaquant-int8-image-range-capped fine-tuned 5 times longer (1000 steps at the default 200)",
+           _dq((8,), learn_offset=False, activation_range="per-image-capped"), steps_factor=5),
     Method("ablation-int8-no-scale", "dynaquant", "ablation: DynaQuant int8 without learned scales",
            _dq((8,), learn_range=False)),
     Method("ablation-int6-ste", "dynaquant", "ablation: DynaQuant int6 with STE instead of DGM",
