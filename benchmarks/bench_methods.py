@@ -152,6 +152,11 @@ METHODS: List[Method] = [
            "spanning each image's own reach per channel (activation_range='per-image')",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image"),
            mixed={"budget": 6.0, "cost": "bitops"}),
+    Method("mixed-bitops6-image-range-capped", "mixed",
+           "mixed-bitops6 (the same profile, from the same static sensitivities) with each activation range the "
+           "smaller of the learned one and the image's own reach per channel (activation_range='per-image-capped')",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
+           mixed={"budget": 6.0, "cost": "bitops"}),
     Method("mixed-bitops5", "mixed",
            "static mixed precision at 5.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8} x "
            "activations {4,5,6,8}, fine-tuned frozen",
