@@ -264,6 +264,11 @@ METHODS: List[Method] = [
            "ablation-int8-no-offset with each activation range the smaller of the learned one and the image's "
            "own reach per channel (activation_range='per-image-capped')",
            _dq((8,), learn_offset=False, activation_range="per-image-capped")),
+    Method("dynaquant-int8-image-range-adaptive", "dynaquant",
+           "ablation-int8-no-offset with capped per-image activation ranges widened to the image's 99.9th-percentile "
+           "distance where more than 0.1 % of a channel lies beyond the learned range "
+           "(activation_range='per-image-adaptive')",
+           _dq((8,), learn_offset=False, activation_range="per-image-adaptive")),
     Method("dynaquant-int8-image-range-capped-long", "dynaquant",
            "dynaquant-int8-image-range-capped fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), learn_offset=False, activation_range="per-image-capped"), steps_factor=5),

@@ -176,11 +176,12 @@ def test_export_refuses_a_part_that_still_follows_the_selector(tmp_path):
     assert result.max_error_steps < 1
 
 
-def test_per_image_ranges_code_real_bitstreams_and_refuse_export(tmp_path):
+@pytest.mark.parametrize("image_range", ["per-image", "per-image-adaptive"])
+def test_per_image_ranges_code_real_bitstreams_and_refuse_export(tmp_path, image_range):
     """Per-image activation grids need no side information: the decoder derives them from what it
     decoded, so decompress() gives what the quantized forward pass gives; ONNX export is refused."""
     torch.manual_seed(5)
-    model = dynaquantize(MeanScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(8,), activation_range="per-image"))
+    model = dynaquantize(MeanScaleHyperprior(8, 12), DynaQuantConfig(candidate_bits=(8,), activation_range=image_range))
     calibrate(model, [torch.rand(2, 3, 128, 128)])
     model.eval().update(force=True)
     x = 0.3 * torch.rand(1, 3, 128, 128)

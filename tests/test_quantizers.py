@@ -22,7 +22,7 @@ from dynaquant_brevitas import (
     QuantizerNotCalibratedError,
 )
 from dynaquant_brevitas.quant.rounding import dgm_round
-from dynaquant_brevitas.quant import int_range
+from dynaquant_brevitas.quant import ADAPTIVE_QUANTILE, int_range
 
 
 def weight_tq(layer):
@@ -262,7 +262,8 @@ def test_headroom_outside_its_bounds_is_refused():
 def _calibrated_identity(image_range, signed=True):
     quant = DynaActQuant if signed else DynaUintActQuant
     layer = QuantIdentity(act_quant=quant, calibration_batches=1, learn_offset=False, image_range=image_range).train()
-    layer(4 * torch.randn(4, 3, 8, 8).abs())  # calibration: ranges of about 4 * 3.9 per channel
+    calibration = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    layer(4 * calibration.abs())  # calibration: ranges of about 4 * 3.9 per channel
     return layer.eval()
 
 
@@ -291,6 +292,22 @@ def test_capped_per_image_range_still_clips_at_the_learned_range():
     assert float(capped(x).max()) <= limit * 1.001 < float(free(x).max())
     quiet = 0.01 * torch.rand(1, 3, 8, 8)
     assert torch.equal(capped(quiet), free(quiet))
+
+
+def test_adaptive_per_image_range_clips_isolated_values_but_widens_for_a_loud_image():
+    """One far value per channel is clipped at the learned range, as capped ranges do; an image
+    whose every value lies beyond it gets a grid reaching its own quantile instead."""
+    adaptive, capped = _calibrated_identity("per-image-adaptive"), _calibrated_identity("per-image-capped")
+    limit = float(act_tq(adaptive.act_quant).range.max())
+    spike = torch.full((1, 3, 40, 40), 0.5)
+    spike[0, :, 0, 0] = 10 * limit
+    assert torch.equal(adaptive(spike), capped(spike))
+    loud = torch.linspace(2 * limit, 3 * limit, 3 * 40 * 40).reshape(1, 3, 40, 40)
+    reach = torch.quantile(loud.flatten(2), ADAPTIVE_QUANTILE, dim=-1, interpolation="higher")
+    assert torch.allclose(adaptive(loud).amax(dim=(2, 3)), reach, rtol=1e-5)
+    assert float(capped(loud).max()) <= limit * 1.001
+    quiet = 0.01 * torch.rand(2, 3, 8, 8)
+    assert torch.equal(adaptive(quiet), capped(quiet))
 
 
 def test_per_image_ranges_have_no_static_scale_to_export():

@@ -9,9 +9,10 @@ from .calibration import calibrate, quantization_disabled
 from .injectors import *  # noqa: F401,F403
 from .injectors import __all__ as _injectors_all
 from .rounding import DGMRound, STERound, dgm_round, rounding_estimator, ste_round
-from .tensor_quant import IMAGE_RANGES, BitChoice, ContentAwareIntQuant, QParams, QuantizerNotCalibratedError, int_range
+from .tensor_quant import ADAPTIVE_QUANTILE, IMAGE_RANGES, BitChoice, ContentAwareIntQuant, QParams, QuantizerNotCalibratedError, int_range
 
 __all__ = list(_injectors_all) + [
+    "ADAPTIVE_QUANTILE",
     "IMAGE_RANGES",
     "BitChoice",
     "ContentAwareIntQuant",

@@ -40,6 +40,7 @@ provides ``grad_multiplier``; other rounding modules go through plain autograd.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -50,12 +51,16 @@ from torch import Tensor, nn
 from .fake_quant import fake_quantize, mixture_gradient
 from .rounding import DGMRound, STERound
 
-__all__ = ["IMAGE_RANGES", "BitChoice", "ContentAwareIntQuant", "QParams", "QuantizerNotCalibratedError", "int_range"]
+__all__ = ["ADAPTIVE_QUANTILE", "IMAGE_RANGES", "BitChoice", "ContentAwareIntQuant", "QParams", "QuantizerNotCalibratedError", "int_range"]
 
 #: how an activation grid's range follows each image: ``"static"`` (the learned range),
-#: ``"per-image"`` (each sample's own reach per channel, nothing clipped) or ``"per-image-capped"``
-#: (the smaller of the two: the learned range still clips, a quieter image gets a finer step)
-IMAGE_RANGES = ("static", "per-image", "per-image-capped")
+#: ``"per-image"`` (each sample's own reach per channel, nothing clipped), ``"per-image-capped"``
+#: (the smaller of the two: the learned range still clips, a quieter image gets a finer step) or
+#: ``"per-image-adaptive"`` (capped, but widened to the image's :data:`ADAPTIVE_QUANTILE` distance
+#: where more than that share of a channel lies beyond the learned range: isolated values clip,
+#: content that leaves the range everywhere does not)
+IMAGE_RANGES = ("static", "per-image", "per-image-capped", "per-image-adaptive")
+ADAPTIVE_QUANTILE = 0.999
 
 _MIN_RANGE = 1e-8
 _DEAD_RANGE = 1e-6
@@ -392,16 +397,29 @@ class ContentAwareIntQuant(nn.Module):
         if self.image_range == "static" or x.dim() < 2:
             return range_, offset
         reach = self._image_reach(x, offset)
-        return (reach if self.image_range == "per-image" else torch.minimum(range_, reach)), offset
+        if self.image_range == "per-image":
+            return reach, offset
+        if self.image_range == "per-image-adaptive":
+            range_ = torch.maximum(range_, self._image_reach(x, offset, ADAPTIVE_QUANTILE))
+        return torch.minimum(range_, reach), offset
 
-    def _image_reach(self, x: Tensor, offset: Tensor) -> Tensor:
+    def _image_reach(self, x: Tensor, offset: Tensor, quantile: float = 1.0) -> Tensor:
         """How far each sample's values reach from the grid's origin, per channel (detached, shaped
-        to broadcast over ``x``): the range that spans the sample without clipping."""
+        to broadcast over ``x``): at ``quantile`` 1 the range that spans the sample without clipping,
+        below 1 that quantile of the distances."""
         distance = x.detach() - offset.detach()
         distance = distance.abs() if self.signed else distance.clamp_min(0)
-        keep = {0, self.channel_dim % x.dim()} if self.per_channel else {0}
-        dims = tuple(d for d in range(x.dim()) if d not in keep)
-        return distance.amax(dim=dims, keepdim=True).clamp_min(_MIN_RANGE)
+        channel = self.channel_dim % x.dim()
+        n = x.shape[0]
+        flat = distance.movedim(channel, 1).reshape(n, x.shape[channel], -1) if self.per_channel else distance.reshape(n, 1, -1)
+        if quantile >= 1.0:
+            reach = flat.amax(dim=-1)
+        else:
+            reach = flat.kthvalue(max(1, math.ceil(quantile * flat.shape[-1])), dim=-1).values
+        shape = [n] + [1] * (x.dim() - 1)
+        if self.per_channel:
+            shape[channel] = x.shape[channel]
+        return reach.reshape(shape).clamp_min(_MIN_RANGE)
 
     def _zero_point(self, offset: Tensor, scale: Tensor) -> Tensor:
         """``-offset / scale``; rounded (straight-through, so the offset keeps learning) when zero

@@ -68,7 +68,9 @@ class DynaQuantConfig:
             benchmark (``dynaquant-int8-headroom``; the concepts page), so the default is 1.
         activation_range: ``"static"`` (default: the calibrated, learned range), ``"per-image"``
             (each image's own reach per channel, computed from the tensor at run time, nothing
-            clipped) or ``"per-image-capped"`` (the smaller of the two). The decoder derives the
+            clipped), ``"per-image-capped"`` (the smaller of the two) or ``"per-image-adaptive"``
+            (capped, widened to the image's 99.9th-percentile distance where more than 0.1 % of a
+            channel lies beyond the learned range). The decoder derives the
             same grid from what it decoded, so nothing is transmitted; such grids have no static
             scale, so packing and the exporters refuse them, and so does ``integer_entropy_path``.
         learn_offset: learn per-channel activation offsets (asymmetric grids). Off by default: on
