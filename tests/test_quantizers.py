@@ -309,6 +309,7 @@ def test_adaptive_per_image_range_clips_isolated_values_but_widens_for_a_loud_im
     assert float(capped(loud).max()) <= limit * 1.001
     quiet = 0.01 * torch.rand(2, 3, 8, 8)
     assert torch.equal(adaptive(quiet), capped(quiet))
+    assert adaptive(torch.empty(0, 3, 8, 8)).shape == (0, 3, 8, 8)  # an empty batch, as static grids allow
 
 
 def test_per_image_ranges_have_no_static_scale_to_export():

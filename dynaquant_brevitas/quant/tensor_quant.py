@@ -394,7 +394,7 @@ class ContentAwareIntQuant(nn.Module):
         offset = _scale_grad(self.offset, factor) if self.learn_offset else self.offset
         ndim = x.dim() if x.dim() > 0 else self.input_ndim
         range_, offset = self._param_view(range_, ndim).clamp_min(_MIN_RANGE), self._param_view(offset, ndim)
-        if self.image_range == "static" or x.dim() < 2:
+        if self.image_range == "static" or x.dim() < 2 or x.numel() == 0:  # an empty batch has no reach
             return range_, offset
         reach = self._image_reach(x, offset)
         if self.image_range == "per-image":
