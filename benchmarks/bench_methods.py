@@ -157,6 +157,15 @@ METHODS: List[Method] = [
            "smaller of the learned one and the image's own reach per channel (activation_range='per-image-capped')",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
            mixed={"budget": 6.0, "cost": "bitops"}),
+    Method("mixed-bitops6-image-range-capped-long", "mixed",
+           "mixed-bitops6-image-range-capped fine-tuned 5 times longer (1000 steps at the default 200)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
+           mixed={"budget": 6.0, "cost": "bitops"}, steps_factor=5),
+    Method("mixed-bitops6-image-range-capped-sens", "mixed",
+           "mixed-bitops6-image-range-capped with its profile chosen from sensitivities measured with capped "
+           "per-image activation ranges (instead of static ones), fine-tuned frozen",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
+           mixed={"budget": 6.0, "cost": "bitops", "ranges": "own"}),
     Method("mixed-bitops5", "mixed",
            "static mixed precision at 5.0 average bits (BitOPs) from the layer sensitivities, weights {2,3,4,5,6,8} x "
            "activations {4,5,6,8}, fine-tuned frozen",
@@ -234,6 +243,12 @@ METHODS: List[Method] = [
            "other layers keep their static widths",
            _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8]), _target(6.0, "bitops"),
            fit={"after": "mixed-bitops6", "budget": 6.0, "cost": "bitops"}),
+    Method("dyn-around-mixed-bitops6-image-range-capped", "dynaquant",
+           "dyn-around-mixed-bitops6 with capped per-image activation ranges: mixed-bitops6-image-range-capped's "
+           "trained static model made dynamic around its profile (the same candidate widths, selectors fitted to a "
+           "choice table at 6.0 average bits (BitOPs))",
+           _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8], activation_range="per-image-capped"),
+           _target(6.0, "bitops"), fit={"after": "mixed-bitops6-image-range-capped", "budget": 6.0, "cost": "bitops"}),
     Method("dyn-around-mixed-w5.5-a8", "dynaquant",
            "mixed-w5.5-a8's trained static model (the same training) made dynamic around its profile: the six "
            "dynamic layers choose per image among weights {2,3,4,5,6,8} x activations 8, selectors fitted to a choice "
@@ -428,9 +443,13 @@ def training_crops(root: str, count: int, size: int, seed: int) -> List[torch.Te
 # --------------------------------------------------------------------------- static mixed precision
 
 
-def sensitivity_of(reference: Dict[str, Any], settings: Dict[str, Any], data: str, work: Path) -> Any:
+def sensitivity_of(reference: Dict[str, Any], settings: Dict[str, Any], data: str, work: Path,
+                   method: Optional[Method] = None) -> Any:
     """The layer sensitivities of a float reference on seeded training crops, cached under
-    ``work/sensitivity`` (keyed by the reference's SHA-256, the widths, crops and data)."""
+    ``work/sensitivity`` (keyed by the reference's SHA-256, the widths, crops and data).
+
+    Measured with static activation grids, unless ``method.mixed["ranges"] == "own"``: then with
+    the method's own ``activation_range``."""
     from dynaquant_brevitas.io.checkpoint import load_model
     from dynaquant_brevitas.transform.sensitivity import Sensitivity, sensitivity
 
@@ -438,6 +457,10 @@ def sensitivity_of(reference: Dict[str, Any], settings: Dict[str, Any], data: st
     what = {"reference": reference["sha256"], "widths": widths, "crops": int(settings["crops"]),
             "crop_size": int(settings["crop_size"]), "seed": int(settings["seed"]), "data": data,
             "lmbda": reference["lmbda"]}
+    config = None
+    if method is not None and method.mixed.get("ranges") == "own":
+        config = DynaQuantConfig(activation_range=method.config.activation_range)
+        what["activation_range"] = config.activation_range
     key = key_of("sensitivity", what)
     path = Path(work) / "sensitivity" / f"q{reference['quality']}-{key}.json"
     if path.exists():
@@ -446,7 +469,8 @@ def sensitivity_of(reference: Dict[str, Any], settings: Dict[str, Any], data: st
           f"widths {widths}", flush=True)
     crops = training_crops(data, what["crops"], what["crop_size"], what["seed"])
     batches = [torch.cat(crops[i : i + 4]) for i in range(0, len(crops), 4)]
-    sens = sensitivity(load_model(reference["checkpoint"]), batches, widths, float(reference["lmbda"]), progress=False)
+    sens = sensitivity(load_model(reference["checkpoint"]), batches, widths, float(reference["lmbda"]), config,
+                       progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "settings": what, "sensitivity": sens.to_dict()}, default=str))

@@ -349,7 +349,8 @@ class Run:
             return None
         profile = None
         if self.trained_as.kind == "mixed" and with_profile:
-            sens = bench_methods.sensitivity_of(self.ref, self.settings["sensitivity"], self.train["data"], self.work)
+            sens = bench_methods.sensitivity_of(self.ref, self.settings["sensitivity"], self.train["data"], self.work,
+                                                  self.trained_as)
             self.mixed = bench_methods.mixed_profile_of(self.trained_as, sens)
             profile = self.mixed["profile"]
         return bench_methods.train_config(self.trained_as, self.ref, self.train, self.dir, profile=profile)

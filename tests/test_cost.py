@@ -155,3 +155,26 @@ def test_sensitivity_orders_widths_on_a_trained_model():
     for part in (sens.weight, sens.activation):  # 2 bits hurts far more than 8 everywhere
         assert all(part[n][2].cost > part[n][8].cost + 0.01 * sens.base.cost for n in sens.layers)
     assert Sensitivity.from_dict(sens.to_dict()).to_dict() == sens.to_dict()
+
+
+def test_sensitivity_measures_activations_with_the_configured_ranges():
+    """Weight deltas do not depend on the activation grid; activation deltas do (per-image ranges
+    follow each crop, static ones come from calibration)."""
+    from pathlib import Path
+
+    from dynaquant_brevitas import load_model
+    from dynaquant_brevitas.io.images import ImageFolderCrops
+    from dynaquant_brevitas.transform.sensitivity import sensitivity
+
+    repo = Path(__file__).resolve().parents[1]
+    model = load_model(repo / "checkpoints/reference/bmshj2018-factorized-relu-N64-M96-q4.pt")
+    crops = ImageFolderCrops(repo / ".." / "shared" / "data" / "train", 64)
+    torch.manual_seed(0)
+    batch = [torch.stack([crops[0], crops[1]])]
+    static, capped = (sensitivity(model, batch, widths=(4,), lmbda=0.013, progress=False,
+                                  config=DynaQuantConfig(activation_range=mode))
+                      for mode in ("static", "per-image-capped"))
+    for name in static.layers:
+        assert capped.weight[name][4].cost == pytest.approx(static.weight[name][4].cost, rel=1e-5, abs=1e-9)
+    assert any(abs(capped.activation[n][4].cost - static.activation[n][4].cost) > 1e-4 * static.base.cost
+               for n in static.layers)
