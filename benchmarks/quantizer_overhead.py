@@ -5,6 +5,8 @@ One 3x3 convolution, 64 -> 64 channels, batch 8 of 64x64, in training mode:
 * ``float``:   ``nn.Conv2d``
 * ``brevitas``: ``QuantConv2d`` with ``Int8WeightPerTensorFloat`` + ``Int8ActPerTensorFloat``
 * ``dynaquant``: ``QuantConv2d`` with ``DynaWeightQuant`` + ``DynaActQuant``
+* ``dynaquant-per-image-capped``, ``dynaquant-per-image-adaptive``: the same with the activation
+  grid set per image (``DynaActQuant.let(image_range=...)``, what ``activation_range`` selects)
 
 Both quantized layers are first brought to their steady state: Brevitas's activation quantizer
 gathers percentile statistics for its first ``collect_stats_steps`` training calls and DynaQuant's
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -38,10 +39,12 @@ from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
 from torch import nn
 
 from dynaquant_brevitas import DynaActQuant, DynaWeightQuant
+from dynaquant_brevitas.io.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantizer_overhead.json"
 TARGET_RATIO = 1.3
 SHAPE = (8, 64, 64, 64)
+IMAGE_RANGE_VARIANTS = ("per-image-capped", "per-image-adaptive")
 
 
 def build_layers() -> Dict[str, nn.Module]:
@@ -52,6 +55,9 @@ def build_layers() -> Dict[str, nn.Module]:
         "brevitas": QuantConv2d(**conv, weight_quant=Int8WeightPerTensorFloat, input_quant=Int8ActPerTensorFloat),
         "dynaquant": QuantConv2d(**conv, weight_quant=DynaWeightQuant, input_quant=DynaActQuant),
     }
+    for mode in IMAGE_RANGE_VARIANTS:
+        layers[f"dynaquant-{mode}"] = QuantConv2d(**conv, weight_quant=DynaWeightQuant,
+                                                  input_quant=DynaActQuant.let(image_range=mode))
     for layer in layers.values():
         layer.train()
     return layers
@@ -60,17 +66,17 @@ def build_layers() -> Dict[str, nn.Module]:
 def stats_steps_needed(layers: Dict[str, nn.Module]) -> Dict[str, int]:
     """Training-mode calls each quantized layer needs before it leaves its statistics phase."""
     stock = layers["brevitas"].input_quant.quant_injector.collect_stats_steps
-    ours = layers["dynaquant"].input_quant.fused_activation_quant_proxy.tensor_quant.calibration_batches
-    return {"brevitas": int(stock) + 1, "dynaquant": int(ours)}
+    ours = {n: int(l.input_quant.fused_activation_quant_proxy.tensor_quant.calibration_batches)
+            for n, l in layers.items() if n.startswith("dynaquant")}
+    return {"brevitas": int(stock) + 1, **ours}
 
 
 def in_steady_state(layers: Dict[str, nn.Module]) -> Dict[str, bool]:
     stock = layers["brevitas"].input_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
-    ours = layers["dynaquant"].input_quant.fused_activation_quant_proxy.tensor_quant
-    return {
-        "brevitas": stock.counter > stock.collect_stats_steps,
-        "dynaquant": int(ours.observed_batches) >= ours.calibration_batches,
-    }
+    ours = {n: l.input_quant.fused_activation_quant_proxy.tensor_quant for n, l in layers.items()
+            if n.startswith("dynaquant")}
+    return {"brevitas": stock.counter > stock.collect_stats_steps,
+            **{n: int(q.observed_batches) >= q.calibration_batches for n, q in ours.items()}}
 
 
 def make_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
@@ -81,6 +87,29 @@ def make_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable
         out.backward(grad)
 
     return step
+
+
+def make_inference(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A forward call in eval mode without autograd (what a codec does when it codes)."""
+    layer.eval()
+
+    def call() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    return call
+
+
+def interleaved(calls: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
+    """Wall times of ``repeats`` calls of each, one of each per round in a rotating order."""
+    names = list(calls)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def code_version() -> dict:
@@ -123,15 +152,13 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
         for step in steps.values():
             step()
 
-    names = list(steps)
-    times: Dict[str, List[float]] = {name: [] for name in names}
     load_before = os.getloadavg()
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(steps, repeats)
+    inference = {name: make_inference(layer, x.detach()) for name, layer in layers.items()}
+    for _ in range(warmup):
+        for call in inference.values():
+            call()
+    inference_times = interleaved(inference, repeats)
     load_after = os.getloadavg()
 
     def summary(values: List[float]) -> dict:
@@ -147,6 +174,8 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
             "float": "torch.nn.Conv2d",
             "brevitas": "QuantConv2d(weight_quant=Int8WeightPerTensorFloat, input_quant=Int8ActPerTensorFloat)",
             "dynaquant": "QuantConv2d(weight_quant=DynaWeightQuant, input_quant=DynaActQuant)",
+            **{f"dynaquant-{m}": f"dynaquant with input_quant=DynaActQuant.let(image_range={m!r})"
+               for m in IMAGE_RANGE_VARIANTS},
         },
         "method": {
             "statistics_phase": (
@@ -161,10 +190,19 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
             "statistic": "median of per-step wall time (time.perf_counter)",
         },
         "results": {name: summary(v) for name, v in times.items()},
+        "inference": {
+            "what": "the same layers in eval mode, forward only under torch.no_grad, timed after the training steps",
+            "results": {name: summary(v) for name, v in inference_times.items()},
+            "ratios_of_medians_over_dynaquant": {
+                name: statistics.median(v) / statistics.median(inference_times["dynaquant"])
+                for name, v in inference_times.items()},
+        },
         "ratios_of_medians": {
             "dynaquant_over_brevitas": ratio,
             "dynaquant_over_float": medians["dynaquant"] / medians["float"],
             "brevitas_over_float": medians["brevitas"] / medians["float"],
+            **{f"dynaquant_{m.replace('-', '_')}_over_dynaquant": medians[f"dynaquant-{m}"] / medians["dynaquant"]
+               for m in IMAGE_RANGE_VARIANTS},
         },
         "target": {"dynaquant_over_brevitas_at_most": TARGET_RATIO, "met": ratio <= TARGET_RATIO},
         "machine": {
@@ -214,12 +252,13 @@ def main() -> None:
     tables = result.pop("profile", None)
     if args.note:
         result["note"] = args.note
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, r in result["results"].items():
-        print(f"{name:>10}: median {r['median_s'] * 1e3:8.1f} ms  (q1 {r['q1_s'] * 1e3:.1f}, q3 {r['q3_s'] * 1e3:.1f})")
+        print(f"{name:>28}: median {r['median_s'] * 1e3:8.1f} ms  (q1 {r['q1_s'] * 1e3:.1f}, q3 {r['q3_s'] * 1e3:.1f})")
     for name, value in result["ratios_of_medians"].items():
         print(f"{name}: {value:.3f}")
+    for name, value in result["inference"]["ratios_of_medians_over_dynaquant"].items():
+        print(f"inference {name} / dynaquant: {value:.3f}")
     print(f"target dynaquant/brevitas <= {TARGET_RATIO}: {'met' if result['target']['met'] else 'MISSED'}")
     for name, table in (tables or {}).items():
         print(f"\n== {name} ==\n{table}")
