@@ -180,3 +180,27 @@ def test_cli_refusals(float_run: Path, tmp_path: Path, capsys) -> None:  # noqa:
     assert _quantize("--checkpoint", source, "--images", TRAIN_DIR, "--crop-size", "100", "-o", tmp_path / "q.pt") == 2
     assert "multiple of 64" in capsys.readouterr().err
     assert not (tmp_path / "q.pt").exists()
+
+
+def test_cli_per_image_capped_ranges(float_run: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    """`--activation-range per-image-capped` is stored, codes real bitstreams, and export refuses it
+    with one clear line; an unknown mode and the integer path are refused before any work."""
+    out = tmp_path / "q.pt"
+    assert _quantize("--checkpoint", float_run / "final.pt", "--images", TRAIN_DIR, "-o", out,
+                     "--activation-range", "per-image-capped") == 0
+    assert load_model(out).dynaquant.config.activation_range == "per-image-capped"
+    image = next(write_images(tmp_path / "images").iterdir())
+    assert main(["encode", "--checkpoint", str(out), str(image), "-o", str(tmp_path / "a.dqic")]) == 0
+    assert main(["decode", "--checkpoint", str(out), str(tmp_path / "a.dqic"), "-o", str(tmp_path / "a.png")]) == 0
+    assert read_image(tmp_path / "a.png").shape == read_image(image).shape
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(out), "--format", "qonnx", "--size", "64x64",
+                 "-o", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "activation_range" in err and len(err.splitlines()) == 1
+    for extra, message in ((("--activation-range", "per-pixel"), "activation_range"),
+                           (("--activation-range", "per-image", "--integer-entropy-path"), "static activation ranges")):
+        assert _quantize("--checkpoint", float_run / "final.pt", "--images", TRAIN_DIR, "-o", tmp_path / "b.pt",
+                         *extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.pt").exists()

@@ -14,6 +14,7 @@ EPILOG = """examples:
       --images ../shared/data/train -o runs/ptq/q4-w8a8.pt
   dynaquant quantize --checkpoint FLOAT.pt --images DIR --bits 6 -o w6a6.pt
   dynaquant quantize --checkpoint FLOAT.pt --images DIR --weight-bits 6 --bits 8 -o w6a8.pt
+  dynaquant quantize --checkpoint FLOAT.pt --images DIR --activation-range per-image-capped -o capped.pt
 
 The output is an ordinary DynaQuant checkpoint: dynaquant eval, encode, decode and export take it.
 Calibrate on training photos, not on the images you evaluate on.
@@ -39,6 +40,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="per-channel activation offsets (asymmetric grids): a little better on photographs, "
                         "far worse on unusual content (default: symmetric grids)")
     p.add_argument("--per-tensor", action="store_true", help="one activation range per tensor instead of per channel")
+    p.add_argument("--activation-range", default="static", metavar="MODE",
+                   help="static: the searched ranges (exportable); per-image-capped: each image's own reach per "
+                        "channel, at most the searched range (better on photographs, PyTorch only: no ONNX or FINN "
+                        "export); per-image, per-image-adaptive: see docs/concepts.md (default: static)")
     p.add_argument("--rounding", choices=("gptq", "adaround", "nearest"), default="gptq",
                    help="how weights are rounded (default: gptq)")
     p.add_argument("--rounding-iters", type=positive_int, default=300, help="steps per layer of --rounding adaround")
@@ -59,10 +64,11 @@ def config_from_args(args: argparse.Namespace):
     """The static ``DynaQuantConfig`` the options ask for.
 
     Example:
-        >>> args = argparse.Namespace(bits=6, weight_bits=None, fixed_bits=None, offsets=False, per_tensor=False)
+        >>> args = argparse.Namespace(bits=6, weight_bits=None, fixed_bits=None, offsets=False, per_tensor=False,
+        ...                           activation_range="per-image-capped")
         >>> cfg = config_from_args(args)
-        >>> cfg.candidate_bits, cfg.fixed_bits, cfg.learn_offset
-        ((6,), 8, False)
+        >>> cfg.candidate_bits, cfg.fixed_bits, cfg.learn_offset, cfg.activation_range
+        ((6,), 8, False, 'per-image-capped')
     """
     import dataclasses
 
@@ -70,12 +76,15 @@ def config_from_args(args: argparse.Namespace):
     from ..transform.ptq import PTQ_CONFIG
 
     changes = dict(candidate_bits=(args.bits,), fixed_bits=args.fixed_bits or PTQ_CONFIG.fixed_bits, learn_offset=args.offsets,
-                   activation_per_channel=not args.per_tensor)
+                   activation_per_channel=not args.per_tensor, activation_range=args.activation_range)
     if args.weight_bits is not None and args.weight_bits != args.bits:
         if "weight_bits" not in {f.name for f in dataclasses.fields(DynaQuantConfig)}:
             raise UsageError("--weight-bits: this version's DynaQuantConfig has one width for weights and inputs")
         changes.update(weight_bits=(args.weight_bits,), activation_bits=(args.bits,))
-    return PTQ_CONFIG.replace(**changes)
+    try:
+        return PTQ_CONFIG.replace(**changes)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def read_images(folder: Path, count: int, seed: int) -> list:
@@ -105,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.crop_size % 64:
         raise UsageError(f"--crop-size {args.crop_size}: must be a multiple of 64")
+    if args.integer_entropy_path and args.activation_range != "static":
+        raise UsageError(f"--integer-entropy-path needs static activation ranges, not --activation-range "
+                         f"{args.activation_range}")
     check_distinct(args.output, args.checkpoint)
     config = config_from_args(args)
     ckpt = load_any(args.checkpoint, args.arch)
