@@ -302,6 +302,9 @@ METHODS: List[Method] = [
            "ptq-w8a8 with each activation range the smaller of the searched one and the image's own reach per "
            "channel (activation_range='per-image-capped'), no fine-tuning",
            _dq((8,), **_PTQ, activation_range="per-image-capped")),
+    Method("ptq-w8a8-offsets-image-range-capped", "ptq",
+           "ptq-w8a8-offsets (asymmetric activation grids) with capped per-image activation ranges, no fine-tuning",
+           _dq((8,), **dict(_PTQ, learn_offset=True), activation_range="per-image-capped")),
     Method("ptq-w6a8", "ptq", "post-training quantization (transform.ptq), 6-bit weights and 8-bit activations, "
            "symmetric activation grids, no fine-tuning", _dq((8,), weight_bits=[6], activation_bits=[8], **_PTQ)),
 ]
