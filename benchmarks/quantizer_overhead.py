@@ -221,7 +221,9 @@ def run(threads: int, repeats: int, warmup: int, profile: bool) -> dict:
         "code": code_version(),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if profile:
+    if profile:  # the training step, so back in training mode
+        for layer in layers.values():
+            layer.train()
         result["profile"] = {name: profile_step(steps[name]) for name in ("brevitas", "dynaquant")}
     return result
 
