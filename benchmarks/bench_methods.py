@@ -685,23 +685,15 @@ def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, An
     from dynaquant_brevitas.evaluation import prepare_for_coding
     from dynaquant_brevitas.io.checkpoint import load_model, save_model
     from dynaquant_brevitas.io.files import write_json
-    from dynaquant_brevitas.training.selector_fit import choice_table, fit_selectors
-    from dynaquant_brevitas.transform.ptq import calibration_crops
+    from dynaquant_brevitas.training.selector_fit import fit_selectors
 
     out = Path(cfg.train.output) / f"fit-{method.name}-{key_of(method.fit, settings)[:8]}"
     final = out / FINAL
     if not final.exists():
         start = time.time()
-        crops, size = int(settings["crops"]), int(settings["crop_size"])
-        print(f"  refitting the selectors of {method.name}: {crops} crops of {size} px", flush=True)
-        images = training_images(cfg.data.root, int(settings["images"]), cfg.train.seed + 1)
-        batch = torch.cat(calibration_crops(images, crops, size, torch.Generator().manual_seed(cfg.train.seed + 1)))
-        model, base = load_model(got["checkpoint"]), None
-        if hasattr(model, "dynaquant_profile"):  # a static model: dynamic around its profile
-            from dynaquant_brevitas.transform import unfreeze
-
-            model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config, widen=True), model.dynaquant_profile
-        table = choice_table(model, batch, float(reference["lmbda"]), base=base)
+        print(f"  refitting the selectors of {method.name}: {settings['crops']} crops of {settings['crop_size']} px",
+              flush=True)
+        model, table = selector_table(method, got["checkpoint"], reference, cfg, settings)
         report = fit_selectors(model, table, float(method.fit["budget"]), str(method.fit["cost"]), seed=cfg.train.seed)
         out.mkdir(parents=True, exist_ok=True)
         save_model(model, final)
@@ -710,6 +702,26 @@ def refit_selectors(method: Method, got: Dict[str, Any], reference: Dict[str, An
     seconds = (got["train_seconds"] or 0.0) + report["seconds"]
     return {"model": prepare_for_coding(load_model(final)), "checkpoint": str(final), "train_seconds": seconds,
             "trained_now": got["trained_now"], "fit": report}
+
+
+def selector_table(method: Method, checkpoint: str, reference: Dict[str, Any], cfg: TrainConfig,
+                   settings: Dict[str, Any]) -> Tuple[nn.Module, Any]:
+    """The dynamic model of ``method`` from its trained ``checkpoint`` (a static one made dynamic
+    around its profile) and its ``training.selector_fit.ChoiceTable`` on the seeded training crops
+    of ``settings`` (the ``selector_fit`` section of the benchmark's settings)."""
+    from dynaquant_brevitas.io.checkpoint import load_model
+    from dynaquant_brevitas.training.selector_fit import choice_table
+    from dynaquant_brevitas.transform.ptq import calibration_crops
+
+    crops, size = int(settings["crops"]), int(settings["crop_size"])
+    images = training_images(cfg.data.root, int(settings["images"]), cfg.train.seed + 1)
+    batch = torch.cat(calibration_crops(images, crops, size, torch.Generator().manual_seed(cfg.train.seed + 1)))
+    model, base = load_model(checkpoint), None
+    if hasattr(model, "dynaquant_profile"):  # a static model: dynamic around its profile
+        from dynaquant_brevitas.transform import unfreeze
+
+        model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config, widen=True), model.dynaquant_profile
+    return model, choice_table(model, batch, float(reference["lmbda"]), base=base)
 
 
 def fresh_quantized(method: Method, float_model: nn.Module, cfg: TrainConfig, samples) -> nn.Module:

@@ -1,0 +1,149 @@
+"""Why do fitted selectors keep the static profile? The fit of ``training.selector_fit`` varied.
+
+The benchmark's ``dyn-around-*`` rows make a trained static mixed-precision model dynamic around
+its profile and fit the selectors to a per-image choice table of training crops; on the
+hyperprior they choose the static profile for every crop although the per-image oracle gains on
+held-out crops. This study measures the choice table of one such model once (cached under
+``--work``) and fits the selectors with other optimisation settings and the scale-aware
+selector, to tell an under-fitted selector (it gains on its own training crops with more steps)
+from features that do not predict which crops gain (it gains on training crops, not on held-out
+ones). Per variant, on the held-out crops: the mean RD-cost change of the fitted selectors, of
+the best single profile and of the per-image oracle at the selectors' cost, and the share of the
+oracle's gain over the single profile the selectors reach.
+
+    python benchmarks/selector_fit_study.py [--method dyn-around-mixed-bitops6-image-range-capped]
+        --steps 200 [--quality 3] [--seed 0] [--variants default,long,fast,long-fast,scale-long-fast]
+    -> benchmarks/results/selector_fit_study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+import bench_methods  # noqa: E402
+import run as bench_run  # noqa: E402
+from dynaquant_brevitas.io.checkpoint import load_model  # noqa: E402
+from dynaquant_brevitas.io.files import write_json  # noqa: E402
+from dynaquant_brevitas.training.selector_fit import ChoiceTable, fit_selectors  # noqa: E402
+from dynaquant_brevitas.transform import unfreeze  # noqa: E402
+
+#: fit_selectors settings per variant; "selector" picks the selector type of the dynamic model
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    "long": {"steps": 3000},
+    "fast": {"lr": 1e-2},
+    "long-fast": {"steps": 3000, "lr": 1e-2, "weight_decay": 0.0},
+    "scale-long-fast": {"selector": "scale-aware", "steps": 3000, "lr": 1e-2, "weight_decay": 0.0},
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="dyn-around-mixed-bitops6-image-range-capped",
+                   help="a benchmark method with a selector fit (benchmarks/bench_methods.py)")
+    p.add_argument("--quality", type=int, default=3, help="reference quality (benchmarks/config.yaml)")
+    p.add_argument("--references", help="comma-separated reference checkpoints, as for run.py")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="fine-tuning steps of the trained model, as run.py's --steps (the "
+                   "committed dyn-around rows: 200)")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--fit-steps", type=int, help="Adam steps of every variant's fit (smoke tests; default: the variant's)")
+    p.add_argument("--quick", action="store_true", help="smoke test on run.py --quick's settings (runs/bench-quick)")
+    p.add_argument("--work", type=Path, help="the benchmark's work folder (default: runs/bench, --quick: "
+                   "runs/bench-quick/work)")
+    p.add_argument("--output", type=Path, help="default: benchmarks/results/selector_fit_study.json "
+                   "(--quick: runs/bench-quick/selector_fit_study.json)")
+    args = p.parse_args(argv)
+    quick = bench_run.ROOT / "runs" / "bench-quick"
+    args.work = args.work or (quick / "work" if args.quick else bench_run.ROOT / "runs" / "bench")
+    args.output = args.output or (quick if args.quick else HERE / "results") / "selector_fit_study.json"
+    return args
+
+
+def study_model(args: argparse.Namespace):
+    """``(run, trained static checkpoint, settings)`` of the method at the quality, trained (or
+    taken from the benchmark's cache) like ``run.py`` does."""
+    bench_args = bench_run.parse_args(["--methods", args.method, "--no-timing"] + (["--quick"] if args.quick else [])
+                                      + (["--steps", str(args.steps)] if args.steps else [])
+                                      + (["--references", args.references] if args.references else []))
+    settings = bench_run.load_settings(bench_args)
+    refs = [r for r in bench_run.references(settings, bench_args) if r["quality"] == args.quality]
+    if not refs or not refs[0]["available"]:
+        raise SystemExit(f"no reference checkpoint of quality {args.quality}")
+    run = bench_run.Run(bench_methods.BY_NAME[args.method], refs[0], args.seed, settings, args.work)
+    cfg = run.config()
+    got = bench_methods.obtain_model(run.trained_as, run.ref, cfg, int(settings["train"]["calibration_batches"]),
+                                     settings["ptq"])
+    return run, cfg, got["checkpoint"], settings
+
+
+def cached_table(run, cfg, checkpoint: str, settings: Dict[str, Any], work: Path):
+    """The dynamic model and its choice table, the table measured once per run key."""
+    path = work / "selector_fit_study" / f"{run.method.name}-q{run.ref['quality']}-s{run.seed}-{run.key[:8]}.pt"
+    if path.exists():
+        fields = torch.load(path, weights_only=False)
+        model = unfreeze(load_model(checkpoint), load_model(run.ref["checkpoint"]), run.method.config, widen=True)
+        return model, ChoiceTable(**fields)
+    model, table = bench_methods.selector_table(run.method, checkpoint, run.ref, cfg, settings["selector_fit"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(asdict(table), path)
+    return model, table
+
+
+def share_of_oracle(report: Dict[str, Any]) -> Optional[float]:
+    """The share of the oracle's gain over the single profile that the fitted selectors reach."""
+    room = report["static"]["delta_rd"] - report["oracle"]["delta_rd"]
+    return (report["static"]["delta_rd"] - report["dynamic"]["delta_rd"]) / room if room > 0 else None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    run, cfg, checkpoint, settings = study_model(args)
+    model, table = cached_table(run, cfg, checkpoint, settings, args.work)
+    results: Dict[str, Any] = {}
+    for name in args.variants.split(","):
+        options = dict(VARIANTS[name])
+        selector = options.pop("selector", None)
+        if args.fit_steps:
+            options["steps"] = args.fit_steps
+        fitted = copy.deepcopy(model)
+        if selector:
+            config = dataclasses.replace(run.method.config, selector=selector)
+            fitted = unfreeze(load_model(checkpoint), load_model(run.ref["checkpoint"]), config, widen=True)
+        start = time.time()
+        report = fit_selectors(fitted, table, float(run.method.fit["budget"]), str(run.method.fit["cost"]),
+                               seed=args.seed, **options)
+        report.update(settings=VARIANTS[name], seconds=round(time.time() - start, 1),
+                      share_of_oracle=share_of_oracle(report))
+        results[name] = report
+        print(f"{name}: held-out dynamic {report['dynamic']['delta_rd']:+.5f} (diversity "
+              f"{report['dynamic']['diversity_encoder']:.2f}/{report['dynamic']['diversity_decoder']:.2f}), "
+              f"single {report['static']['delta_rd']:+.5f}, oracle {report['oracle']['delta_rd']:+.5f}; "
+              f"training crops {report['train']['delta_rd']:+.5f}", flush=True)
+    write_json(args.output, {
+        "command": "python benchmarks/selector_fit_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "method": run.method.name, "quality": run.ref["quality"], "seed": args.seed,
+        "reference": bench_run._rel(run.ref["checkpoint"]), "base_rd": next(iter(results.values()))["base_rd"],
+        "machine": "the project's 2-core CPU machine, one torch thread",
+        "variants": results,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
