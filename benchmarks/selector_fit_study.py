@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -38,8 +39,9 @@ import bench_methods  # noqa: E402
 import run as bench_run  # noqa: E402
 from dynaquant_brevitas.io.checkpoint import load_model  # noqa: E402
 from dynaquant_brevitas.io.files import write_json  # noqa: E402
-from dynaquant_brevitas.training.selector_fit import ChoiceTable, fit_selectors  # noqa: E402
-from dynaquant_brevitas.transform import unfreeze  # noqa: E402
+from dynaquant_brevitas.training.selector_fit import (  # noqa: E402
+    ChoiceTable, choices_at_price, fit_selectors, score_choices, split_rows)
+from dynaquant_brevitas.transform import DECODER, ENCODER, bit_cost, dynaquant_state, unfreeze  # noqa: E402
 
 #: fit_selectors settings per variant; "selector" picks the selector type of the dynamic model
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -48,6 +50,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "fast": {"lr": 1e-2},
     "long-fast": {"steps": 3000, "lr": 1e-2, "weight_decay": 0.0},
     "scale-long-fast": {"selector": "scale-aware", "steps": 3000, "lr": 1e-2, "weight_decay": 0.0},
+    "ridge": {"ridge": 10.0},  # no selector: predicted RD-cost changes, then the cheapest per crop at a price
 }
 
 
@@ -104,10 +107,86 @@ def cached_table(run, cfg, checkpoint: str, settings: Dict[str, Any], work: Path
     return model, table
 
 
+def ridge_prediction(model, table: ChoiceTable, train: torch.Tensor, ridge: float) -> Dict[str, Any]:
+    """Each crop's RD-cost changes predicted from what its side's selector reads (per-channel mean,
+    log spread, log energy grid, standardised) by ridge regression fitted on the ``train`` rows;
+    with the share of their variance over crops it explains on the other rows (held-out R^2)."""
+    state = dynaquant_state(model)
+    predicted = torch.zeros_like(table.delta)
+    test = torch.tensor(sorted(set(range(len(table.delta))) - set(train.tolist())))
+    r2: Dict[str, float] = {}
+    start = 0
+    for side in (ENCODER, DECODER):
+        if side not in state.selectors:
+            continue
+        mean, spread, energy = (t.double() for t in table.statistics[side])
+        x = torch.cat([mean, torch.log(spread + 1e-4), torch.log(energy + 1e-4)], dim=1)
+        x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-8)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        part = slice(start, start + len(state.layer_names[side]))
+        start = part.stop
+        y = table.delta[:, part].reshape(len(x), -1)
+        gram = x[train].T @ x[train] + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+        weights = torch.linalg.solve(gram, x[train].T @ y[train])
+        predicted[:, part] = (x @ weights).view_as(table.delta[:, part])
+        residual = ((y[test] - x[test] @ weights) ** 2).sum()
+        r2[side] = float(1 - residual / ((y[test] - y[train].mean(0)) ** 2).sum())
+    return {"predicted": predicted, "held_out_r2": r2}
+
+
+def regression_variant(model, table: ChoiceTable, budget: float, cost: str, seed: int, ridge: float = 10.0
+                       ) -> Dict[str, Any]:
+    """Choose per crop from predicted RD-cost changes (:func:`ridge_prediction`) at a bit price found
+    by bisection so that the training crops average at most ``budget``; scored like a fit."""
+    train, test = split_rows(len(table.delta), 0.25, seed)
+    prediction = ridge_prediction(model, table, train, ridge)
+    state = dynaquant_state(model)
+
+    def spent(choices: torch.Tensor) -> float:
+        onehot = torch.nn.functional.one_hot(choices, len(table.candidates)).double()
+        record = {"probs": onehot, "weights": onehot, "candidates": state.config.pairs, "costs": state.costs}
+        return float(bit_cost(record, cost).mean())
+
+    low, high = 0.0, 1.0
+    while spent(choices_at_price(model, table, prediction["predicted"][train], high, cost)) > budget:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise ValueError(f"no price brings the predicted choices to {budget} bits")
+    for _ in range(40):
+        mid = (low + high) / 2
+        if spent(choices_at_price(model, table, prediction["predicted"][train], mid, cost)) > budget:
+            low = mid
+        else:
+            high = mid
+    report = score_choices(model, table, test, choices_at_price(model, table, prediction["predicted"][test], high, cost),
+                           cost)
+    train_choices = choices_at_price(model, table, prediction["predicted"][train], high, cost)
+    report.update(base_rd=float(table.reference[test].mean()), budget=budget, cost=cost, price=high, held_out_r2=prediction["held_out_r2"],
+                  train=score_choices(model, table, train, train_choices, cost)["dynamic"])
+    return report
+
+
 def share_of_oracle(report: Dict[str, Any]) -> Optional[float]:
     """The share of the oracle's gain over the single profile that the fitted selectors reach."""
     room = report["static"]["delta_rd"] - report["oracle"]["delta_rd"]
     return (report["static"]["delta_rd"] - report["dynamic"]["delta_rd"]) / room if room > 0 else None
+
+
+def _earlier_variants(output: Path, run) -> Dict[str, Any]:
+    """The variants an earlier run wrote to ``output`` for the same method, quality and seed."""
+    if not output.exists():
+        return {}
+    earlier = json.loads(output.read_text())
+    same = (earlier.get("method"), earlier.get("quality"), earlier.get("seed")) == (
+        run.method.name, run.ref["quality"], run.seed)
+    return earlier.get("variants", {}) if same else {}
+
+
+def _print(name: str, report: Dict[str, Any]) -> None:
+    dynamic = report["dynamic"]
+    print(f"{name}: held-out dynamic {dynamic['delta_rd']:+.5f} (diversity {dynamic.get('diversity_encoder', 0):.2f}/"
+          f"{dynamic.get('diversity_decoder', 0):.2f}), single {report['static']['delta_rd']:+.5f}, oracle "
+          f"{report['oracle']['delta_rd']:+.5f}; training crops {report['train']['delta_rd']:+.5f}", flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -118,6 +197,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {}
     for name in args.variants.split(","):
         options = dict(VARIANTS[name])
+        if "ridge" in options:
+            report = regression_variant(model, table, float(run.method.fit["budget"]), str(run.method.fit["cost"]),
+                                        args.seed, options["ridge"])
+            results[name] = dict(report, settings=VARIANTS[name], share_of_oracle=share_of_oracle(report))
+            _print(name, report)
+            continue
         selector = options.pop("selector", None)
         if args.fit_steps:
             options["steps"] = args.fit_steps
@@ -131,12 +216,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         report.update(settings=VARIANTS[name], seconds=round(time.time() - start, 1),
                       share_of_oracle=share_of_oracle(report))
         results[name] = report
-        print(f"{name}: held-out dynamic {report['dynamic']['delta_rd']:+.5f} (diversity "
-              f"{report['dynamic']['diversity_encoder']:.2f}/{report['dynamic']['diversity_decoder']:.2f}), "
-              f"single {report['static']['delta_rd']:+.5f}, oracle {report['oracle']['delta_rd']:+.5f}; "
-              f"training crops {report['train']['delta_rd']:+.5f}", flush=True)
+        _print(name, report)
+    command = "python benchmarks/selector_fit_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {**_earlier_variants(args.output, run), **{name: dict(r, command=command) for name, r in results.items()}}
     write_json(args.output, {
-        "command": "python benchmarks/selector_fit_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "method": run.method.name, "quality": run.ref["quality"], "seed": args.seed,
         "reference": bench_run._rel(run.ref["checkpoint"]), "base_rd": next(iter(results.values()))["base_rd"],
         "machine": "the project's 2-core CPU machine, one torch thread",

@@ -394,14 +394,14 @@ def test_selector_fit_study_quick_caches_its_table(tmp_path):
     compares the fitted selectors with the single profile and the oracle, and a second run reuses
     the measured choice table."""
     study = _bench_module("selector_fit_study")
-    args = ["--quick", "--quality", "4", "--variants", "default,scale-long-fast", "--fit-steps", "20",
+    args = ["--quick", "--quality", "4", "--variants", "default,scale-long-fast,ridge", "--fit-steps", "20",
             "--work", str(tmp_path / "work"), "--output", str(tmp_path / "study.json")]
     assert study.main(args) == 0
     tables = list((tmp_path / "work" / "selector_fit_study").glob("*.pt"))
     assert len(tables) == 1
     result = json.loads((tmp_path / "study.json").read_text())
     assert result["command"].startswith("python benchmarks/selector_fit_study.py --quick")
-    assert set(result["variants"]) == {"default", "scale-long-fast"}
+    assert set(result["variants"]) == {"default", "scale-long-fast", "ridge"}
     for report in result["variants"].values():
         # the oracle is the best per-crop choice at the selectors' own cost: never worse than one profile
         assert report["oracle"]["delta_rd"] <= report["static"]["delta_rd"] + 1e-9

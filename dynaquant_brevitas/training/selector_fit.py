@@ -44,7 +44,7 @@ from ..transform import DECODER, ENCODER, bit_cost, dynaquant_state, freeze, res
 from ..transform.mixed import multiple_choice_knapsack
 from ..transform.sensitivity import per_image_rd
 
-__all__ = ["ChoiceTable", "choice_table", "fit_selectors"]
+__all__ = ["ChoiceTable", "choice_table", "choices_at_price", "fit_selectors", "score_choices", "split_rows"]
 
 
 @dataclass
@@ -255,15 +255,8 @@ def fit_selectors(
     Raises:
         ValueError: if even the cheapest choices exceed the budget.
     """
-    state = dynaquant_state(model)
-    count = table.delta.shape[0]
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    held = max(1, int(round(holdout * count))) if count > 1 and holdout > 0 else 0
-    test_rows, train_rows = (order[:held], order[held:]) if held else (order, order)
-    sizes = {side: len(state.layer_names[side]) for side in (ENCODER, DECODER) if side in state.selectors}
-    layers_of, start = {}, 0
-    for side, size in sizes.items():
-        layers_of[side], start = slice(start, start + size), start + size
+    train_rows, test_rows = split_rows(table.delta.shape[0], holdout, seed)
+    layers_of = _layers_of(model)
 
     def trial(mu: float) -> Tuple[Dict[str, nn.Module], float]:
         selectors = _train(model, table, train_rows, mu, cost, steps, lr, weight_decay, seed)
@@ -285,19 +278,65 @@ def fit_selectors(
             else:
                 low = (low + mu) / 2
     for side, selector in best.items():
-        state.selectors[side].load_state_dict(selector.state_dict())
-    dynamic = _outcome(model, table, test_rows, _choices(best, table, test_rows), cost, layers_of)
-    single, oracle = _static_and_oracle(model, table, test_rows, dynamic["cost"], cost)
+        dynaquant_state(model).selectors[side].load_state_dict(selector.state_dict())
     base_rd = float(table.reference[test_rows].mean()) if table.reference is not None else None
     return {
         "base_rd": base_rd,
         "mu": mu,
         "budget": budget,
         "cost": cost,
-        "crops": {"train": len(train_rows), "held_out": held},
-        "dynamic": dynamic,
-        "static": dict(_outcome(model, table, test_rows, single, cost, layers_of),
-                       profile={n: list(table.candidates[k]) for n, k in zip(table.layers, single[0].tolist())}),
-        "oracle": _outcome(model, table, test_rows, oracle, cost, layers_of),
+        "crops": {"train": len(train_rows), "held_out": 0 if test_rows is train_rows else len(test_rows)},
+        **score_choices(model, table, test_rows, _choices(best, table, test_rows), cost),
         "train": _outcome(model, table, train_rows, _choices(best, table, train_rows), cost, layers_of),
     }
+
+
+def split_rows(count: int, holdout: float = 0.25, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """``(train, held_out)`` row indices of a table of ``count`` crops, as :func:`fit_selectors`
+    splits them (both all rows when nothing is held out).
+
+    >>> [len(rows) for rows in split_rows(8, holdout=0.25)]
+    [6, 2]
+    """
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    held = max(1, int(round(holdout * count))) if count > 1 and holdout > 0 else 0
+    return (order[held:], order[:held]) if held else (order, order)
+
+
+def score_choices(model: nn.Module, table: ChoiceTable, rows: Tensor, choices: Tensor, cost: str = "bitops"
+                  ) -> Dict[str, Any]:
+    """Per-crop ``choices`` ``(len(rows), layers)`` (candidate indices) on ``rows`` of ``table``
+    against the best single profile and the per-crop oracle at the same average cost.
+
+    Returns ``{"dynamic", "static", "oracle"}``, each with the mean RD-cost change from the base
+    (``delta_rd``, additive model), the mean bits under ``cost`` and the diversity per side;
+    ``static`` also names its ``profile``.
+    """
+    layers_of = _layers_of(model)
+    dynamic = _outcome(model, table, rows, choices, cost, layers_of)
+    single, oracle = _static_and_oracle(model, table, rows, dynamic["cost"], cost)
+    return {
+        "dynamic": dynamic,
+        "static": dict(_outcome(model, table, rows, single, cost, layers_of),
+                       profile={n: list(table.candidates[k]) for n, k in zip(table.layers, single[0].tolist())}),
+        "oracle": _outcome(model, table, rows, oracle, cost, layers_of),
+    }
+
+
+def choices_at_price(model: nn.Module, table: ChoiceTable, delta: Tensor, price: float, cost: str = "bitops") -> Tensor:
+    """Per crop and layer, the candidate with the least ``delta`` (``(crops, layers, candidates)``,
+    e.g. predicted RD-cost changes) plus ``price`` times its bit cost under ``cost`` (scaled so that
+    the dearest candidate of any layer costs 1)."""
+    prices, _ = _prices(model, table.candidates, cost, 1.0)
+    return (delta + price * prices / prices.abs().max()).argmin(-1)
+
+
+def _layers_of(model: nn.Module) -> Dict[str, slice]:
+    """Each selector side's slice of the table's layers (encoder side first)."""
+    state = dynaquant_state(model)
+    layers_of, start = {}, 0
+    for side in (ENCODER, DECODER):
+        if side in state.selectors:
+            size = len(state.layer_names[side])
+            layers_of[side], start = slice(start, start + size), start + size
+    return layers_of
