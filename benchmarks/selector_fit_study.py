@@ -7,7 +7,8 @@ held-out crops. This study measures the choice table of one such model once (cac
 ``--work``) and fits the selectors with other optimisation settings and the scale-aware
 selector, to tell an under-fitted selector (it gains on its own training crops with more steps)
 from features that do not predict which crops gain (it gains on training crops, not on held-out
-ones). Per variant, on the held-out crops: the mean RD-cost change of the fitted selectors, of
+ones). ``table`` gives, per layer and candidate, the mean and spread over crops of the RD-cost
+change of moving that one layer from the base profile. Per variant, on the held-out crops: the mean RD-cost change of the fitted selectors, of
 the best single profile and of the per-image oracle at the selectors' cost, and the share of the
 oracle's gain over the single profile the selectors reach.
 
@@ -166,6 +167,19 @@ def regression_variant(model, table: ChoiceTable, budget: float, cost: str, seed
     return report
 
 
+def table_summary(table: ChoiceTable) -> Dict[str, Any]:
+    """The base profile and, per layer and candidate, the mean and spread over all crops of the
+    RD-cost change of moving that one layer there."""
+    mean, spread = table.delta.mean(0), table.delta.std(0)
+    return {
+        "base": {name: list(pair) for name, pair in table.base.items()},
+        "crops": len(table.delta),
+        "delta_rd": {name: {f"{w}/{a}": [round(float(mean[l, k]), 5), round(float(spread[l, k]), 5)]
+                            for k, (w, a) in enumerate(table.candidates)}
+                     for l, name in enumerate(table.layers)},
+    }
+
+
 def share_of_oracle(report: Dict[str, Any]) -> Optional[float]:
     """The share of the oracle's gain over the single profile that the fitted selectors reach."""
     room = report["static"]["delta_rd"] - report["oracle"]["delta_rd"]
@@ -224,6 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "method": run.method.name, "quality": run.ref["quality"], "seed": args.seed,
         "reference": bench_run._rel(run.ref["checkpoint"]), "base_rd": next(iter(results.values()))["base_rd"],
         "machine": "the project's 2-core CPU machine, one torch thread",
+        "table": table_summary(table),
         "variants": results,
     })
     return 0

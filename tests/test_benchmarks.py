@@ -402,6 +402,7 @@ def test_selector_fit_study_quick_caches_its_table(tmp_path):
     result = json.loads((tmp_path / "study.json").read_text())
     assert result["command"].startswith("python benchmarks/selector_fit_study.py --quick")
     assert set(result["variants"]) == {"default", "scale-long-fast", "ridge"}
+    assert result["table"]["crops"] == 4 and set(result["table"]["delta_rd"]) == set(result["table"]["base"])
     for report in result["variants"].values():
         # the oracle is the best per-crop choice at the selectors' own cost: never worse than one profile
         assert report["oracle"]["delta_rd"] <= report["static"]["delta_rd"] + 1e-9

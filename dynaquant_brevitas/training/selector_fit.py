@@ -295,8 +295,9 @@ def split_rows(count: int, holdout: float = 0.25, seed: int = 0) -> Tuple[Tensor
     """``(train, held_out)`` row indices of a table of ``count`` crops, as :func:`fit_selectors`
     splits them (both all rows when nothing is held out).
 
-    >>> [len(rows) for rows in split_rows(8, holdout=0.25)]
-    [6, 2]
+    >>> train, held_out = split_rows(8, holdout=0.25)
+    >>> len(train), len(held_out)
+    (6, 2)
     """
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     held = max(1, int(round(holdout * count))) if count > 1 and holdout > 0 else 0
