@@ -20,7 +20,6 @@ oracle's gain over the single profile the selectors reach.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -95,17 +94,23 @@ def study_model(args: argparse.Namespace):
     return run, cfg, got["checkpoint"], settings
 
 
-def cached_table(run, cfg, checkpoint: str, settings: Dict[str, Any], work: Path):
-    """The dynamic model and its choice table, the table measured once per run key."""
+def cached_table(run, cfg, checkpoint: str, settings: Dict[str, Any], work: Path) -> ChoiceTable:
+    """The choice table of the method's dynamic model, measured once per run key."""
     path = work / "selector_fit_study" / f"{run.method.name}-q{run.ref['quality']}-s{run.seed}-{run.key[:8]}.pt"
     if path.exists():
-        fields = torch.load(path, weights_only=False)
-        model = unfreeze(load_model(checkpoint), load_model(run.ref["checkpoint"]), run.method.config, widen=True)
-        return model, ChoiceTable(**fields)
-    model, table = bench_methods.selector_table(run.method, checkpoint, run.ref, cfg, settings["selector_fit"])
+        return ChoiceTable(**torch.load(path, weights_only=False))
+    _, table = bench_methods.selector_table(run.method, checkpoint, run.ref, cfg, settings["selector_fit"])
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(asdict(table), path)
-    return model, table
+    return table
+
+
+def dynamic_model(run, checkpoint: str, selector: Optional[str] = None):
+    """The trained static model made dynamic around its profile, its fresh selectors initialised
+    from ``run.seed`` (so that a fit starts alike whether the table was measured or cached)."""
+    config = run.method.config if selector is None else dataclasses.replace(run.method.config, selector=selector)
+    torch.manual_seed(run.seed)
+    return unfreeze(load_model(checkpoint), load_model(run.ref["checkpoint"]), config, widen=True)
 
 
 def ridge_prediction(model, table: ChoiceTable, train: torch.Tensor, ridge: float) -> Dict[str, Any]:
@@ -207,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     run, cfg, checkpoint, settings = study_model(args)
-    model, table = cached_table(run, cfg, checkpoint, settings, args.work)
+    table = cached_table(run, cfg, checkpoint, settings, args.work)
+    model = dynamic_model(run, checkpoint)
     results: Dict[str, Any] = {}
     for name in args.variants.split(","):
         options = dict(VARIANTS[name])
@@ -220,10 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         selector = options.pop("selector", None)
         if args.fit_steps:
             options["steps"] = args.fit_steps
-        fitted = copy.deepcopy(model)
-        if selector:
-            config = dataclasses.replace(run.method.config, selector=selector)
-            fitted = unfreeze(load_model(checkpoint), load_model(run.ref["checkpoint"]), config, widen=True)
+        fitted = dynamic_model(run, checkpoint, selector)
         start = time.time()
         report = fit_selectors(fitted, table, float(run.method.fit["budget"]), str(run.method.fit["cost"]),
                                seed=args.seed, **options)
