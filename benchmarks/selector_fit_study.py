@@ -7,13 +7,14 @@ held-out crops. This study measures the choice table of one such model once (cac
 ``--work``) and fits the selectors with other optimisation settings and the scale-aware
 selector, to tell an under-fitted selector (it gains on its own training crops with more steps)
 from features that do not predict which crops gain (it gains on training crops, not on held-out
-ones). ``table`` gives, per layer and candidate, the mean and spread over crops of the RD-cost
-change of moving that one layer from the base profile. Per variant, on the held-out crops: the mean RD-cost change of the fitted selectors, of
-the best single profile and of the per-image oracle at the selectors' cost, and the share of the
-oracle's gain over the single profile the selectors reach.
+ones), and a ridge regression of the RD-cost changes on the selectors' inputs (``ridge``).
+``table`` gives, per layer and candidate, the mean and spread over crops of the RD-cost change of
+moving that one layer from the base profile. Per variant, on the held-out crops: the mean RD-cost
+change of the fitted selectors, of the best single profile and of the per-image oracle at the
+selectors' cost, and the share of the oracle's gain over the single profile the selectors reach.
 
     python benchmarks/selector_fit_study.py [--method dyn-around-mixed-bitops6-image-range-capped]
-        --steps 200 [--quality 3] [--seed 0] [--variants default,long,fast,long-fast,scale-long-fast]
+        --steps 200 [--quality 3] [--seed 0] [--variants default,long,fast,long-fast,scale-long-fast,ridge]
     -> benchmarks/results/selector_fit_study.json
 """
 
@@ -64,13 +65,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="fine-tuning steps of the trained model, as run.py's --steps (the "
                    "committed dyn-around rows: 200)")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--fit-steps", type=int, help="Adam steps of every variant's fit (smoke tests; default: the variant's)")
+    p.add_argument("--fit-steps", type=int,
+                   help="Adam steps of every variant's fit (smoke tests; default: the variant's)")
     p.add_argument("--quick", action="store_true", help="smoke test on run.py --quick's settings (runs/bench-quick)")
     p.add_argument("--work", type=Path, help="the benchmark's work folder (default: runs/bench, --quick: "
                    "runs/bench-quick/work)")
     p.add_argument("--output", type=Path, help="default: benchmarks/results/selector_fit_study.json "
                    "(--quick: runs/bench-quick/selector_fit_study.json)")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     quick = bench_run.ROOT / "runs" / "bench-quick"
     args.work = args.work or (quick / "work" if args.quick else bench_run.ROOT / "runs" / "bench")
     args.output = args.output or (quick if args.quick else HERE / "results") / "selector_fit_study.json"
@@ -164,10 +169,11 @@ def regression_variant(model, table: ChoiceTable, budget: float, cost: str, seed
             low = mid
         else:
             high = mid
-    report = score_choices(model, table, test, choices_at_price(model, table, prediction["predicted"][test], high, cost),
-                           cost)
-    train_choices = choices_at_price(model, table, prediction["predicted"][train], high, cost)
-    report.update(base_rd=float(table.reference[test].mean()), budget=budget, cost=cost, price=high, held_out_r2=prediction["held_out_r2"],
+    predicted = prediction["predicted"]
+    report = score_choices(model, table, test, choices_at_price(model, table, predicted[test], high, cost), cost)
+    train_choices = choices_at_price(model, table, predicted[train], high, cost)
+    report.update(base_rd=float(table.reference[test].mean()), budget=budget, cost=cost, price=high,
+                  held_out_r2=prediction["held_out_r2"],
                   train=score_choices(model, table, train, train_choices, cost)["dynamic"])
     return report
 
