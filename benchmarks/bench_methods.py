@@ -67,6 +67,11 @@ class Method:
             (``transform.unfreeze`` with this method's ``quant``, widened by a dynamic layer's
             profile widths where they are not among its candidates).
         steps_factor: fine-tune this many times the benchmark's steps (a longer-trained variant).
+        around: a ``dynaquant`` method that starts from the trained static model of the ``mixed``
+            method named here, made dynamic around its profile (``transform.unfreeze``, widened as
+            for ``fit``) with its selectors starting at the profile (``prefer``: the logit margin),
+            then trains codec and selectors together with its own ``schedule``.
+        prefer: ``around``'s logit margin.
     """
 
     name: str
@@ -77,6 +82,8 @@ class Method:
     mixed: Dict[str, Any] = field(default_factory=dict)
     fit: Dict[str, Any] = field(default_factory=dict)
     steps_factor: int = 1
+    around: str = ""
+    prefer: float = 0.0
 
     @property
     def trained(self) -> bool:
@@ -99,6 +106,8 @@ class Method:
             spec["fit"] = self.fit
         if self.steps_factor != 1:
             spec["steps_factor"] = self.steps_factor
+        if self.around:
+            spec.update(around=self.around, prefer=self.prefer)
         return spec
 
 
@@ -249,6 +258,12 @@ METHODS: List[Method] = [
            "choice table at 6.0 average bits (BitOPs))",
            _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8], activation_range="per-image-capped"),
            _target(6.0, "bitops"), fit={"after": "mixed-bitops6-image-range-capped", "budget": 6.0, "cost": "bitops"}),
+    Method("dyn-joint-mixed-bitops6-image-range-capped", "dynaquant",
+           "mixed-bitops6-image-range-capped's trained static model made dynamic around its profile (the candidate "
+           "widths of dyn-around-mixed-bitops6-image-range-capped), the selectors starting at the profile (logit "
+           "margin 3), then codec and selectors fine-tuned together (selector lr 1e-3, BitOPs bit cost, target 6.0)",
+           _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8], activation_range="per-image-capped"),
+           {**_target(6.0, "bitops"), "selector_lr": 1e-3}, around="mixed-bitops6-image-range-capped", prefer=3.0),
     Method("dyn-around-mixed-w5.5-a8", "dynaquant",
            "mixed-w5.5-a8's trained static model (the same training) made dynamic around its profile: the six "
            "dynamic layers choose per image among weights {2,3,4,5,6,8} x activations 8, selectors fitted to a choice "
@@ -600,13 +615,25 @@ def brevitas_prepare(model: nn.Module, cfg: TrainConfig, batches, calibration_ba
 # --------------------------------------------------------------------------- models
 
 
-def train_method(method: Method, cfg: TrainConfig, calibration_batches: int) -> Path:
-    """Fine-tune with the library's loop (resuming an interrupted run); returns ``final.pt``."""
+def around_prepare(model: nn.Module, cfg: TrainConfig, batches, static: str, prefer: float) -> nn.Module:
+    """``train``'s ``prepare`` of an ``around`` method: the trained static model ``static`` made
+    dynamic around its profile on the float ``model``, its selectors starting at the profile."""
+    from dynaquant_brevitas.io.checkpoint import load_model
+    from dynaquant_brevitas.transform import unfreeze
+
+    return unfreeze(load_model(static), model, cfg.dynaquant_config(), widen=True, prefer=prefer)
+
+
+def train_method(method: Method, cfg: TrainConfig, calibration_batches: int, static: Optional[str] = None) -> Path:
+    """Fine-tune with the library's loop (resuming an interrupted run); returns ``final.pt``.
+    ``static``: the trained static model an ``around`` method starts from."""
     out = Path(cfg.train.output)
     if not (out / FINAL).exists():
         prepare = {}
         if method.kind == "brevitas":
             prepare = {"prepare": functools.partial(brevitas_prepare, calibration_batches=calibration_batches)}
+        if method.around:
+            prepare = {"prepare": functools.partial(around_prepare, static=static, prefer=method.prefer)}
         resume = (out / LAST).exists()
         print(f"  fine-tuning {method.name}: {cfg.train.steps} steps of {cfg.data.batch_size} crops of "
               f"{cfg.data.patch_size} px, seed {cfg.train.seed}" + (" (resuming)" if resume else "")
@@ -641,9 +668,10 @@ def post_training(method: Method, reference: Dict[str, Any], cfg: TrainConfig, p
 
 
 def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainConfig],
-                 calibration_batches: int = 8, ptq_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 calibration_batches: int = 8, ptq_settings: Optional[Dict[str, Any]] = None,
+                 static: Optional[str] = None) -> Dict[str, Any]:
     """The evaluable model of one (method, quality, seed), training (or post-training
-    quantizing) it first when its ``final.pt`` is not there yet.
+    quantizing) it first when its ``final.pt`` is not there yet (``static``: see :func:`train_method`).
 
     Returns ``{"model", "checkpoint", "train_seconds", "trained_now"}``; ``train_seconds`` is the
     wall time of the fine-tuning or post-training quantization (stored beside the run, so a
@@ -666,7 +694,7 @@ def obtain_model(method: Method, reference: Dict[str, Any], cfg: Optional[TrainC
             out.mkdir(parents=True, exist_ok=True)
             save_model(post_training(method, reference, cfg, ptq_settings or {}), final)
     else:
-        final = train_method(method, cfg, calibration_batches)
+        final = train_method(method, cfg, calibration_batches, static)
     if method.kind == "brevitas":
         model = brevitas_from_checkpoint(reference["checkpoint"], final)
     else:  # float-ft trains with quant.config None, i.e. in float

@@ -335,6 +335,10 @@ class Run:
             extra["sensitivity"] = settings["sensitivity"]
         if trained_as.kind == "ptq":
             extra["ptq"] = {k: v for k, v in settings["ptq"].items() if k != "progress"}
+        # an `around` method starts from the trained static model of another row
+        self.static = Run(bench_methods.BY_NAME[method.around], ref, seed, settings, work) if method.around else None
+        if self.static:
+            extra["around"] = self.static.key
         trains = trained_as.trained or trained_as.kind in bench_methods.POST_TRAINING_KINDS
         self.key = key_of("train", trained_as.spec(), ref["sha256"], self.train if trains else None, extra)
         self.dir = work / "train" / trained_as.name / f"q{ref['quality']}-{self.key[:8]}"
@@ -360,9 +364,10 @@ class Run:
             from dynaquant_brevitas.io.checkpoint import load_model
 
             bench_methods.check_target(load_model(self.ref["checkpoint"]), self.method)
+        static = self.static.obtain()["checkpoint"] if self.static else None
         cfg = self.config()
-        got = bench_methods.obtain_model(self.trained_as, self.ref, cfg,
-                                         int(self.settings["train"]["calibration_batches"]), self.settings["ptq"])
+        got = bench_methods.obtain_model(self.trained_as, self.ref, cfg, int(self.settings["train"]["calibration_batches"]),
+                                         self.settings["ptq"], static)
         if self.method.fit:
             got = bench_methods.refit_selectors(self.method, got, self.ref, cfg, self.settings["selector_fit"])
         return got

@@ -287,3 +287,35 @@ def test_ptq_init_quantizes_the_static_profile_before_training(tmp_path: Path) -
         tiny_config(tmp_path / "x", quant=dict(quant, profile=None))
     with pytest.raises(ConfigError, match="quant.init must be one of"):
         tiny_config(tmp_path / "x", quant=dict(quant, init="percentile"))
+
+
+def test_training_around_a_static_model_starts_at_its_profile_and_reloads(tmp_path: Path) -> None:
+    """``prepare`` may hand the loop a static model made dynamic around its profile (widened by a
+    width outside the candidates): the selectors start at the profile, the checkpoint stores the
+    widened configuration, and the run resumes and reloads."""
+    from compressai.models import ScaleHyperprior
+
+    from dynaquant_brevitas import load_model
+    from dynaquant_brevitas.transform import chosen_bits, unfreeze
+
+    static_cfg = tiny_config(tmp_path / "static", steps=2, quant={
+        "config": {"weight_bits": [4, 8], "activation_bits": [8], "calibration_batches": 1},
+        "profile": {name: [4, 8] for name in ("g_a.2", "g_a.4", "g_a.6", "g_s.2", "g_s.4", "g_s.6")} | {"g_a.0": [5, 8]}})
+    train(static_cfg)
+    frozen = load_model(tmp_path / "static" / "final.pt")
+    quant = {"config": {"weight_bits": [6, 8], "activation_bits": [8], "calibration_batches": 1},
+             "bit_cost": "bitops", "target_bits": 6.0}
+    cfg = tiny_config(tmp_path / "joint", steps=4, quant=quant)
+
+    def prepare(model, cfg, batches):
+        return unfreeze(frozen, model, cfg.dynaquant_config(), widen=True, prefer=30.0)
+
+    start = prepare(ScaleHyperprior(8, 12), cfg, None)
+    assert start.dynaquant.config.pairs == ((4, 8), (6, 8), (8, 8))  # widened by the profile's 4-bit weights
+    layers, rows = chosen_bits(start, [torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)])
+    assert all(dict(zip(layers, row)) == {n: tuple(frozen.dynaquant_profile[n]) for n in layers} for row in rows)
+    train(cfg, stop_at=2, prepare=prepare)
+    train(cfg, resume=True, prepare=prepare)  # resumes into the widened model
+    model = load_model(tmp_path / "joint" / "final.pt")
+    assert model.dynaquant.config.pairs == ((4, 8), (6, 8), (8, 8))
+    assert model.get_submodule("g_a.0").widths == (5, 8)  # a fixed layer keeps its frozen widths

@@ -508,11 +508,19 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: str | None = Non
     kwargs = constructor_kwargs(architectures()[arch], _float_view(state))
     if kwargs is None:
         raise CheckpointError(f"cannot infer the constructor arguments of {arch} from the model's weights")
-    config = getattr(getattr(model, "dynaquant", None), "config", None) or getattr(model, "dynaquant_config", None)
-    ckpt = make_checkpoint(model, arch, kwargs, dynaquant=config.to_dict() if config is not None else None)
+    ckpt = make_checkpoint(model, arch, kwargs, dynaquant=quant_config_of(model))
     if getattr(model, "dynaquant_profile", None) is not None:
         ckpt["profile"] = dict(model.dynaquant_profile)
     return save_atomic(compact_checkpoint(ckpt, model) if compact else ckpt, path)
+
+
+def quant_config_of(model: nn.Module) -> dict[str, Any] | None:
+    """The ``DynaQuantConfig`` (as a dict) a dynaquantized or frozen model was built with; ``None``
+    for a float model. What a checkpoint stores, so that it rebuilds the model as it is (a config
+    widened by ``unfreeze`` included)."""
+    model = unwrap(model)
+    config = getattr(getattr(model, "dynaquant", None), "config", None) or getattr(model, "dynaquant_config", None)
+    return config.to_dict() if config is not None else None
 
 
 def _registry_name(model: nn.Module) -> str:

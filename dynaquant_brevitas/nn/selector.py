@@ -122,6 +122,24 @@ class BitSelector(nn.Module):
         mean, spread = flat.mean(dim=2), flat.std(dim=2, unbiased=False)
         return mean, spread, F.adaptive_avg_pool2d(x.abs().mean(dim=1, keepdim=True), self.pool).flatten(1)
 
+    @torch.no_grad()
+    def start_at(self, choices: Sequence[int], margin: float) -> None:
+        """Favour candidate ``choices[i]`` for layer ``i`` by ``margin`` in the output bias, so that a
+        fresh selector starts near one profile (about ``e**margin`` times likelier than another
+        candidate) and training moves it from there.
+
+        Example:
+            >>> selector = BitSelector(channels=4, layers=2, candidates=(4, 6, 8)).eval()
+            >>> selector.start_at([2, 0], margin=20.0)
+            >>> selector(torch.randn(1, 4, 16, 16)).weights.argmax(dim=-1).tolist()
+            [[2, 0]]
+        """
+        if len(choices) != self.layers or not all(0 <= c < len(self.candidates) for c in choices):
+            raise ValueError(f"start_at: one candidate index in [0, {len(self.candidates)}) per layer "
+                             f"({self.layers}), got {list(choices)}")
+        bias = self.mlp[-1].bias.view(self.layers, len(self.candidates))
+        bias[torch.arange(self.layers), torch.as_tensor(list(choices))] += float(margin)
+
     def forward(self, x: Tensor) -> Selection:
         logits = self.logits(self.features(x))
         probs = logits.softmax(dim=-1)

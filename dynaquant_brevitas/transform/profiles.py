@@ -175,7 +175,7 @@ def _widened(config: DynaQuantConfig, widths: Iterable[Tuple[int, int]]) -> Dyna
 
 
 def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQuantConfig] = None,
-             widen: bool = False) -> nn.Module:
+             widen: bool = False, prefer: float = 0.0) -> nn.Module:
     """A dynamic model around a static one: ``float_model`` (left unchanged) dynaquantized with
     ``config`` (default: the frozen model's), with the frozen model's trained weights and ranges
     and every fixed layer at its frozen widths. The selectors are new: fit them to the model
@@ -184,7 +184,9 @@ def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQua
     The bit costs count the fixed layers at their frozen widths. Each dynamic layer's frozen
     widths must be among the candidates, so that the frozen profile stays one of the choices;
     ``widen=True`` adds the dynamic layers' frozen weight and activation widths to ``config``'s
-    instead (the model's ``dynaquant_config`` says which it got).
+    instead (the model's ``dynaquant_config`` says which it got). ``prefer`` > 0 starts the
+    selectors at the frozen profile (:meth:`~dynaquant_brevitas.nn.BitSelector.start_at` with that
+    margin), for training codec and selectors together from the static model.
 
     Raises:
         ValueError: if ``frozen`` is not a frozen model of the same architecture, or (without
@@ -203,7 +205,7 @@ def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQua
     dynamic = [n for side in (ENCODER, DECODER) for n in state.layer_names[side]]
     outside = {n: widths[n] for n in dynamic if widths[n] not in config.pairs}
     if outside and widen:
-        return unfreeze(frozen, float_model, _widened(config, outside.values()))
+        return unfreeze(frozen, float_model, _widened(config, outside.values()), prefer=prefer)
     if outside:
         raise ValueError(f"frozen widths {outside} are not among the candidates {list(config.pairs)}")
     skipped = set(model.load_state_dict(frozen.state_dict(), strict=False).missing_keys)
@@ -213,4 +215,7 @@ def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQua
     for name, (weight, activation) in fixed.items():
         layers[name].set_bit_width(weight, activation)
     state.costs = layer_costs(float_model, dynamic, fixed)
+    if prefer > 0:
+        for side, selector in state.selectors.items():
+            selector.start_at([config.pairs.index(widths[n]) for n in state.layer_names[side]], prefer)
     return model
