@@ -748,6 +748,7 @@ def selector_table(method: Method, checkpoint: str, reference: Dict[str, Any], c
     if hasattr(model, "dynaquant_profile"):  # a static model: dynamic around its profile
         from dynaquant_brevitas.transform import unfreeze
 
+        torch.manual_seed(cfg.train.seed)  # the fresh selectors start alike in every run
         model, base = unfreeze(model, load_model(reference["checkpoint"]), method.config, widen=True), model.dynaquant_profile
     return model, choice_table(model, batch, float(reference["lmbda"]), base=base)
 
