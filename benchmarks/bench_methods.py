@@ -264,6 +264,13 @@ METHODS: List[Method] = [
            "margin 3), then codec and selectors fine-tuned together (selector lr 1e-3, BitOPs bit cost, target 6.0)",
            _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8], activation_range="per-image-capped"),
            {**_target(6.0, "bitops"), "selector_lr": 1e-3}, around="mixed-bitops6-image-range-capped", prefer=3.0),
+    Method("dyn-joint-mixed-bitops6-image-range-capped-div", "dynaquant",
+           "dyn-joint-mixed-bitops6-image-range-capped with the scale-aware selector and a diversity reward of 0.05 "
+           "(as dyn-w3468-a68-bitops6-scale)",
+           _dq((8,), weight_bits=[4, 5, 6, 8], activation_bits=[5, 6, 8], activation_range="per-image-capped",
+               selector="scale-aware"),
+           {**_target(6.0, "bitops"), "selector_lr": 1e-3, "diversity": 0.05}, around="mixed-bitops6-image-range-capped",
+           prefer=3.0),
     Method("dyn-around-mixed-w5.5-a8", "dynaquant",
            "mixed-w5.5-a8's trained static model (the same training) made dynamic around its profile: the six "
            "dynamic layers choose per image among weights {2,3,4,5,6,8} x activations 8, selectors fitted to a choice "
