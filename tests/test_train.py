@@ -314,6 +314,8 @@ def test_training_around_a_static_model_starts_at_its_profile_and_reloads(tmp_pa
     assert start.dynaquant.config.pairs == ((4, 8), (6, 8), (8, 8))  # widened by the profile's 4-bit weights
     layers, rows = chosen_bits(start, [torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)])
     assert all(dict(zip(layers, row)) == {n: tuple(frozen.dynaquant_profile[n]) for n in layers} for row in rows)
+    with pytest.raises(ValueError, match="logit margin"):
+        unfreeze(frozen, ScaleHyperprior(8, 12), cfg.dynaquant_config(), widen=True, prefer=float("nan"))
     with pytest.raises(ValueError, match="one candidate index"):
         start.dynaquant.selectors["encoder"].start_at([0], 1.0)  # three layers on this side
     train(cfg, stop_at=2, prepare=prepare)

@@ -136,7 +136,7 @@ def save_state(state: TrainState, cfg: TrainConfig, ctx: Dist, path: Path) -> No
         state.model,
         state.arch,
         state.model_kwargs,
-        dynaquant=quant_config_of(state.model) if cfg.quant.config is not None else None,
+        dynaquant=(quant_config_of(state.model) or cfg.quant.config) if cfg.quant.config is not None else None,
         train_config=cfg.to_dict(),
         step=state.step,
         **extra,

@@ -190,8 +190,11 @@ def unfreeze(frozen: nn.Module, float_model: nn.Module, config: Optional[DynaQua
 
     Raises:
         ValueError: if ``frozen`` is not a frozen model of the same architecture, or (without
-            ``widen``) a dynamic layer's frozen widths are not a candidate.
+            ``widen``) a dynamic layer's frozen widths are not a candidate, or ``prefer`` is
+            negative or NaN.
     """
+    if not prefer >= 0:
+        raise ValueError(f"unfreeze: prefer is a logit margin >= 0, got {prefer}")
     profile = getattr(frozen, "dynaquant_profile", None)
     if profile is None:
         raise ValueError("unfreeze needs a frozen model (freeze(...), or a static DynaQuant checkpoint)")
