@@ -323,3 +323,37 @@ def test_training_around_a_static_model_starts_at_its_profile_and_reloads(tmp_pa
     model = load_model(tmp_path / "joint" / "final.pt")
     assert model.dynaquant.config.pairs == ((4, 8), (6, 8), (8, 8))
     assert model.get_submodule("g_a.0").widths == (5, 8)  # a fixed layer keeps its frozen widths
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_quantization_aware_resume_is_exact_and_keeps_learning_the_ranges(float_run: Path, tmp_path: Path,
+                                                                          distill: float) -> None:
+    quant = {"config": {"candidate_bits": [4], "calibration_batches": 1}, "distill": distill}
+    init = {"init_from": str(float_run / "final.pt")}
+    full = train(tiny_config(tmp_path / "full", steps=4, train=init, quant=quant))
+    train(tiny_config(tmp_path / "part", steps=4, train=init, quant=quant), stop_at=2)
+    halfway = load_checkpoint(tmp_path / "part" / "last.pt")["state_dict"]
+    resumed = train(tiny_config(tmp_path / "part", steps=4, train=init, quant=quant), resume=True)
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    ranges = [key for key in halfway if key.endswith("tensor_quant.range")]
+    assert ranges and all(not torch.equal(halfway[key], b["state_dict"][key]) for key in ranges)
+
+
+def test_distillation_from_the_float_model_is_logged_and_leaves_the_random_stream(float_run: Path, tmp_path: Path) -> None:
+    import json
+
+    quant = {"config": {"candidate_bits": [4], "calibration_batches": 1}, "distill": 1.0}
+    init = {"init_from": str(float_run / "final.pt")}
+    train(tiny_config(tmp_path / "run", steps=2, train=init, quant=quant))
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # 4-bit weights and inputs change both transforms: the student differs from its teacher
+    assert all(entry["distill_analysis"] > 0 and entry["distill_synthesis"] > 0 for entry in logs)
+    # building the teacher leaves the run's random stream alone: the first step sees what it would without
+    plain = train(tiny_config(tmp_path / "plain", steps=1, train=init, quant=dict(quant, distill=0.0)))
+    assert plain["logs"]["bpp"] == logs[0]["bpp"] and "distill_analysis" not in plain["logs"]
+    with pytest.raises(ConfigError, match="quant.distill needs"):
+        tiny_config(tmp_path / "x", quant=quant)
+    with pytest.raises(ConfigError, match="quant.distill must be >= 0"):
+        tiny_config(tmp_path / "x", train=init, quant=dict(quant, distill=-1.0))

@@ -102,6 +102,9 @@ class QuantSection:
     and choice, :func:`~dynaquant_brevitas.training.loss.choice_information`); ``selector_lr``
     gives the selectors their own learning rate (default: ``train.lr``). The selectors' Gumbel-softmax temperature decays
     exponentially from ``tau_start`` to ``tau_end`` over ``tau_decay_steps`` steps.
+    ``distill`` weighs distillation from the float model ``train.init_from`` (0: off): the student's
+    latent and reconstruction against the teacher's transforms on the same inputs
+    (:class:`~dynaquant_brevitas.training.distill.Distiller`), added to the loss.
     ``init`` sets the quantizers before training: ``"calibrate"`` (percentile ranges of the
     ``calibration_batches`` first batches) or ``"ptq"`` (:func:`~dynaquant_brevitas.transform.ptq`
     on those batches: ranges by output error, rounded weights, bias correction; static models only).
@@ -113,6 +116,7 @@ class QuantSection:
     gamma: float = 0.0
     bit_cost: str = "layers"
     diversity: float = 0.0
+    distill: float = 0.0
     selector_lr: Optional[float] = None
     target_bits: Optional[float] = None
     tau_start: float = 2.0
@@ -211,6 +215,9 @@ class TrainConfig:
             ),
             (q.gamma >= 0, "quant.gamma must be >= 0"),
             (q.diversity >= 0, "quant.diversity must be >= 0"),
+            (q.distill >= 0, "quant.distill must be >= 0"),
+            (q.distill == 0 or (bool(t.init_from) and not t.init_partial and q.config is not None),
+             "quant.distill needs quant.config and a float teacher: train.init_from (without init_partial)"),
             (q.selector_lr is None or q.selector_lr > 0, "quant.selector_lr must be positive"),
             (q.bit_cost in BIT_COSTS, f"quant.bit_cost must be one of {', '.join(BIT_COSTS)}, not {q.bit_cost!r}"),
             (q.init in INITS, f"quant.init must be one of {', '.join(INITS)}, not {q.init!r}"),

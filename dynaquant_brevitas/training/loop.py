@@ -33,6 +33,7 @@ import threading
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +48,7 @@ from ..quant import calibrate
 from ..transform import dynaquantize, freeze, ptq
 from .config import ConfigError, TrainConfig
 from .data_order import batches_from, seed_everything
+from .distill import Distiller
 from .distributed import Dist, init_distributed, mean_across, resolve_device, wrap_ddp
 from .loss import rd_loss
 from .state import FINAL, TrainState, build_float_model, checkpoint_path, make_state, restore_state, save_state
@@ -95,8 +97,12 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict[str
     gamma = state.controller.gamma if state.controller else cfg.quant.gamma
     state.optimizer.zero_grad(set_to_none=True)
     state.aux_optimizer.zero_grad(set_to_none=True)
-    out = model(x)
+    with state.distiller.watch(model) if state.distiller else nullcontext({}) as seen:
+        out = model(x)
     terms = rd_loss(out, x, cfg.train.lmbda, cfg.train.metric, gamma, cfg.quant.bit_cost, cfg.quant.diversity)
+    if state.distiller is not None:
+        terms.update(state.distiller.terms(x, seen, cfg.train.lmbda, cfg.train.metric))
+        terms["loss"] = terms["loss"] + cfg.quant.distill * (terms["distill_analysis"] + terms["distill_synthesis"])
     _check_finite(state, cfg, {k: v for k, v in terms.items() if k in ("loss", "bpp", "mse")})
     terms["loss"].backward()
     if cfg.train.clip_max_norm > 0:
@@ -209,7 +215,13 @@ def _train(
     step0 = int(ckpt["step"]) if ckpt else 0
     model = prepare(model, cfg, batches_from(dataset, cfg, step0, ctx) if ckpt is None else None).to(device)
     batches = batches_from(dataset, cfg, step0, ctx)  # the order does not depend on what calibration read
+    if ckpt is not None:  # before the optimisers: loading rebuilds Brevitas's quantizers, their parameters new
+        unwrap(model).load_state_dict(ckpt["state_dict"])
     state = make_state(model, cfg, arch, kwargs)
+    if cfg.quant.distill > 0:
+        quant = cfg.dynaquant_config()
+        with torch.random.fork_rng(devices=[]):  # building the teacher leaves the run's random stream as it was
+            state.distiller = Distiller(build_float_model(cfg)[0].to(device), quant.analysis, quant.synthesis)
     if ckpt is not None:
         restore_state(state, ckpt, ctx)
     if ctx.world > 1:

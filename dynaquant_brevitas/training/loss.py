@@ -18,7 +18,7 @@ from pytorch_msssim import ms_ssim
 from ..transform import bit_cost as cost_of_choices
 from ..transform import bit_loss
 
-__all__ = ["GammaController", "bpp_of", "choice_information", "rd_loss"]
+__all__ = ["GammaController", "bpp_of", "choice_information", "distortion", "rd_loss"]
 
 
 def bpp_of(out: Mapping[str, Any], num_pixels: int) -> torch.Tensor:
@@ -52,10 +52,7 @@ def rd_loss(
     terms = {"bpp": bpp_of(out, n * h * w), "mse": torch.mean((out["x_hat"] - x) ** 2)}
     if metric == "ms-ssim":
         terms["ms_ssim"] = ms_ssim(out["x_hat"], x, data_range=1.0)
-        distortion = 1 - terms["ms_ssim"]
-    else:
-        distortion = 255**2 * terms["mse"]
-    terms["loss"] = terms["bpp"] + lmbda * distortion
+    terms["loss"] = terms["bpp"] + lmbda * (1 - terms["ms_ssim"] if metric == "ms-ssim" else 255**2 * terms["mse"])
     record = out.get("bits")
     if isinstance(record, Mapping) and record.get("layers"):
         terms["bits"] = bit_loss(out, bit_cost)
@@ -63,6 +60,17 @@ def rd_loss(
         terms["information"] = choice_information(record["probs"])
         terms["loss"] = terms["loss"] + gamma * terms["bits"] - diversity * terms["information"]
     return terms
+
+
+def distortion(x_hat: torch.Tensor, x: torch.Tensor, metric: str = "mse") -> torch.Tensor:
+    """The distortion term's measure: ``255^2 * MSE`` or ``1 - MS-SSIM`` (images in [0, 1]).
+
+    >>> float(distortion(torch.full((1, 3, 4, 4), 0.5), torch.zeros(1, 3, 4, 4)))
+    16256.25
+    """
+    if metric == "ms-ssim":
+        return 1 - ms_ssim(x_hat, x, data_range=1.0)
+    return 255**2 * torch.mean((x_hat - x) ** 2)
 
 
 def choice_information(probs: torch.Tensor) -> torch.Tensor:

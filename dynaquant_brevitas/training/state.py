@@ -23,6 +23,7 @@ from ..io.checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .data_order import rng_state, set_rng_state
+from .distill import Distiller
 from .distributed import Dist, gather
 from .loss import GammaController
 
@@ -87,6 +88,7 @@ class TrainState:
     arch: str
     model_kwargs: dict[str, Any]
     step: int = 0
+    distiller: Optional[Distiller] = None
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -145,12 +147,20 @@ def save_state(state: TrainState, cfg: TrainConfig, ctx: Dist, path: Path) -> No
 
 
 def restore_state(state: TrainState, ckpt: Mapping[str, Any], ctx: Dist) -> None:
-    """Load model, optimisers, scheduler, controller, step and this rank's RNG state."""
+    """Load optimisers, scheduler, controller, step and this rank's RNG state.
+
+    The model must hold the checkpoint's weights before :func:`make_state` builds the optimisers:
+    loading a state dict makes Brevitas rebuild its quantizers, and an optimiser built before would
+    keep updating the replaced range parameters. Refused when that happened.
+    """
     if ckpt.get("world_size", 1) != ctx.world:
         raise CheckpointError(
             f"checkpoint was written by {ckpt.get('world_size')} process(es), this run has {ctx.world}"
         )
-    unwrap(state.model).load_state_dict(ckpt["state_dict"])
+    current = {id(p) for p in state.model.parameters()}
+    if any(id(p) not in current for group in state.optimizer.param_groups for p in group["params"]):
+        raise CheckpointError("the optimiser updates parameters the model no longer has: load the model's "
+                              "weights before make_state builds the optimisers")
     state.optimizer.load_state_dict(ckpt["optimizers"]["main"])
     state.aux_optimizer.load_state_dict(ckpt["optimizers"]["aux"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
