@@ -170,6 +170,11 @@ METHODS: List[Method] = [
            "mixed-bitops6-image-range-capped fine-tuned 5 times longer (1000 steps at the default 200)",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
            mixed={"budget": 6.0, "cost": "bitops"}, steps_factor=5),
+    Method("mixed-bitops6-image-range-capped-distill", "mixed",
+           "mixed-bitops6-image-range-capped fine-tuned with distillation from the float model (quant.distill 1: "
+           "each transform's output against the float transform's on the same input, added to the loss)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
+           schedule={"distill": 1.0}, mixed={"budget": 6.0, "cost": "bitops"}),
     Method("mixed-bitops6-image-range-capped-sens", "mixed",
            "mixed-bitops6-image-range-capped with its profile chosen from sensitivities measured with capped "
            "per-image activation ranges (instead of static ones), fine-tuned frozen",
