@@ -175,6 +175,10 @@ METHODS: List[Method] = [
            "each transform's output against the float transform's on the same input, added to the loss)",
            _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
            schedule={"distill": 1.0}, mixed={"budget": 6.0, "cost": "bitops"}),
+    Method("mixed-bitops6-image-range-capped-distill10", "mixed",
+           "mixed-bitops6-image-range-capped-distill with ten times the distillation weight (quant.distill 10)",
+           _dq((8,), weight_bits=MIXED_WEIGHTS, activation_bits=MIXED_ACTIVATIONS, activation_range="per-image-capped"),
+           schedule={"distill": 10.0}, mixed={"budget": 6.0, "cost": "bitops"}),
     Method("mixed-bitops6-image-range-capped-sens", "mixed",
            "mixed-bitops6-image-range-capped with its profile chosen from sensitivities measured with capped "
            "per-image activation ranges (instead of static ones), fine-tuned frozen",
