@@ -48,6 +48,34 @@ def test_truncated_foreign_and_future_files_are_refused() -> None:
         unpack(bytes(future))
 
 
+def _with_shape_text(text: bytes) -> bytes:
+    """A version-2 container whose latent shape is ``text`` (with a valid CRC32)."""
+    import struct
+    import zlib
+
+    blob = pack(MODEL_ID, (64, 64), {"y": [4, 4]}, STRINGS)
+    start = 4 + 1 + 16 + 8 + 1
+    length = struct.unpack(">H", blob[start:start + 2])[0]
+    body = blob[:start] + struct.pack(">H", len(text)) + text + blob[start + 2 + length:-4]
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_structured_latent_shapes_round_trip_and_bad_ones_are_refused() -> None:
+    shape = {"y": [[4, 4, 4], [8, 4, 4]], "hyper": [1, 1]}
+    box = unpack(pack(MODEL_ID, (64, 64), shape, STRINGS))
+    assert box.shape == shape and box.version == 2
+    assert unpack(pack(MODEL_ID, (64, 64), [4, 4], STRINGS)).version == 1  # plain shapes stay version 1
+    assert unpack(_with_shape_text(b'{"y":[4,4]}')).shape == {"y": [4, 4]}
+    for text, reason in [(b'{"y":[4,', "not readable"), (b"\xff", "not readable"), (b"[" * 5000, "not readable"),
+                         (b'{"y":[0,4]}', "invalid latent shape"), (b'{"y":[4,true]}', "invalid latent shape"),
+                         (b"{}", "invalid latent shape"), (b'{"y":' * 6 + b"[1]" + b"}" * 6, "deeper"),
+                         (json.dumps({"y": [[1, 1]] * 65}).encode(), "more than 64")]:
+        with pytest.raises(ContainerError, match=reason):
+            unpack(_with_shape_text(text))
+    with pytest.raises(ValueError, match="invalid latent shape"):
+        pack(MODEL_ID, (64, 64), {"y": [4, -1]}, STRINGS)
+
+
 def test_wrong_model_is_refused() -> None:
     with pytest.raises(ContainerError, match="wrong model"):
         unpack(pack(MODEL_ID, (5, 7), [1, 1], STRINGS), expected_model_id=bytes(16))

@@ -171,19 +171,25 @@ def test_agrees_with_compressai_eval_model(
     assert ours["ms-ssim-rgb"][0] == pytest.approx(theirs["ms-ssim-rgb"][0], abs=1e-4)
 
 
-def test_named_latent_shapes_code_for_real_and_the_container_says_why_it_cannot_store_them() -> None:
-    """Models on a CompressAI latent codec (Cheng2020AnchorCheckerboard) report one shape per latent."""
+@pytest.mark.parametrize("arch", ["cheng2020-anchor-checkerboard", "elic2022-official"])
+def test_structured_latent_shapes_code_for_real_through_the_container(arch: str) -> None:
+    """Models on a CompressAI latent codec report one shape per named latent (Cheng2020's checkerboard)
+    or per channel group (ELIC); the container stores them (format version 2) and decodes the same."""
     import torch
-    from compressai.models import Cheng2020AnchorCheckerboard
+    from compressai.registry import MODELS
 
     from dynaquant_brevitas.evaluation.coding import decode_image, prepare_for_coding
-    from dynaquant_brevitas.io.container import pack
+    from dynaquant_brevitas.io.container import pack, unpack
 
     torch.manual_seed(0)
-    model = prepare_for_coding(Cheng2020AnchorCheckerboard(N=16))
+    kwargs = {"N": 16} if arch.startswith("cheng") else {"N": 8, "M": 40, "groups": [4, 4, 8, 8, 16]}
+    model = prepare_for_coding(MODELS[arch](**kwargs))
     x = torch.rand(1, 3, 70, 90)
     coded = encode_image(model, x)
     assert set(coded.shape) == {"y", "hyper"} and coded.shape["hyper"] == [2, 2]
-    assert decode_image(model, coded.strings, coded.shape, coded.size).shape == x.shape
-    with pytest.raises(ValueError, match="named latent shapes"):
-        pack(b"0" * 16, coded.size, coded.shape, coded.strings)
+    direct = decode_image(model, coded.strings, coded.shape, coded.size)
+    blob = pack(b"0" * 16, coded.size, coded.shape, coded.strings)
+    box = unpack(blob, expected_model_id=b"0" * 16)
+    assert blob[4] == 2 and box.shape == coded.shape and box.version == 2
+    assert torch.equal(decode_image(model, box.strings, box.shape, box.size), direct)
+    assert direct.shape == x.shape

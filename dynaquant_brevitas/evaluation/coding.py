@@ -22,7 +22,7 @@ from compressai.ops import compute_padding
 from torch import nn
 
 from ..io.checkpoint import check_finite
-from ..io.container import ContainerError
+from ..io.container import ContainerError, shape_leaves
 from ..memory import PROBE_SIDE, activation_peak, available_memory
 
 __all__ = ["PAD_MULTIPLE", "Coded", "EvalError", "check_coded", "decode_image", "encode_image", "last_choice", "prepare_for_coding"]
@@ -47,21 +47,30 @@ def prepare_for_coding(model: nn.Module) -> nn.Module:
 
 
 #: what ``compress`` reports and ``decompress`` takes back: the latent's spatial shape, or, for
-#: models built on a CompressAI latent codec (``Cheng2020AnchorCheckerboard``, ``Elic2022Official``),
-#: one shape per named latent
-LatentShape = Union[list[int], dict[str, list[int]]]
+#: models built on a CompressAI latent codec, one shape per named latent (``Cheng2020AnchorCheckerboard``:
+#: ``{"y": [...], "hyper": [...]}``), or a list of shapes under a name (``Elic2022Official``: one per
+#: channel group)
+LatentShape = Union[list[int], dict[str, Any]]
 
 
 def latent_shape(shape: Any) -> LatentShape:
-    """``compress``'s ``shape`` as plain integers (a list, or a dict of lists)."""
+    """``compress``'s ``shape`` as plain integers: a list, or dicts and lists of such lists.
+
+    >>> latent_shape({"y": [torch.Size([4, 8, 8]), torch.Size([8, 8, 8])], "hyper": torch.Size([2, 2])})
+    {'y': [[4, 8, 8], [8, 8, 8]], 'hyper': [2, 2]}
+    """
     if isinstance(shape, dict):
         return {str(name): latent_shape(value) for name, value in shape.items()}
+    if len(shape) and all(isinstance(s, (dict, list, tuple)) for s in shape):  # torch.Size is a tuple
+        return [latent_shape(s) for s in shape]
     return [int(s) for s in shape]
 
 
 def _torch_shape(shape: LatentShape) -> Any:
     if isinstance(shape, dict):
-        return {name: torch.Size(value) for name, value in shape.items()}
+        return {name: _torch_shape(value) for name, value in shape.items()}
+    if shape and all(isinstance(s, (dict, list)) for s in shape):
+        return [_torch_shape(value) for value in shape]
     return torch.Size(shape)
 
 
@@ -151,18 +160,21 @@ def check_coded(strings: Sequence[Sequence[bytes]], shape: LatentShape, padded: 
 
     One string per group (one image), each at least :data:`RANS_MIN_BYTES` long, and a 2-d
     latent shape that divides the padded size by the same power of two along both sides (for
-    named latents, the last two sides of each).
+    structured shapes, the last two sides of each).
     """
     if not strings or any(len(g) != 1 for g in strings):
         raise ContainerError(f"expected one string per group for one image, got {[len(g) for g in strings]}")
     if min(len(s) for g in strings for s in g) < RANS_MIN_BYTES:
         raise ContainerError(f"damaged file: a bitstream is shorter than {RANS_MIN_BYTES} bytes")
-    shapes = list(shape.values()) if isinstance(shape, dict) else [shape]
-    for sides in shapes:
-        sides = list(sides)[-2:] if isinstance(shape, dict) else list(sides)
+    structured = not (isinstance(shape, list) and all(isinstance(s, int) for s in shape))
+    leaves = shape_leaves(shape)
+    if not leaves:
+        raise ContainerError(f"latent shape {shape} holds no shape")
+    for sides in leaves:
+        sides = sides[-2:] if structured else sides
         ratios = {p / d for p, d in zip(padded, sides) if d > 0} if len(sides) == 2 else set()
         ratio = ratios.pop() if len(ratios) == 1 else 0.0
-        if not shapes or not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
+        if not (ratio >= 1 and ratio.is_integer() and int(ratio) & (int(ratio) - 1) == 0):
             raise ContainerError(f"latent shape {shape} does not fit an image padded to {padded}")
 
 

@@ -7,6 +7,8 @@ Layout (big-endian)::
     model id  16 bytes SHA-256 prefix of the coding model's state_dict (architecture + weights)
     height    u32, width u32                  original image size (before padding)
     ndim      u8, then ndim x u32             latent shape for ``decompress``
+              (version 2: ndim is 0, then u16 length and the shape as compact JSON: the named or
+              grouped shapes of models on a CompressAI latent codec, e.g. {"y": [...], "hyper": [...]})
     groups    u8, then per group: count u16 and count x u32 string lengths
     payload   the strings, in order
     crc32     u32 over everything above
@@ -23,15 +25,21 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAGIC = b"DQIC"
+#: written for a plain latent shape (readable by every earlier build); version 2 for structured ones
 FORMAT_VERSION = 1
+STRUCTURED_SHAPE_VERSION = 2
+#: most shapes a structured latent shape may hold, and how deep it may nest
+MAX_SHAPES, MAX_SHAPE_DEPTH = 64, 4
 MODEL_ID_BYTES = 16
 #: Largest image a container may describe (height x width), so that a damaged or crafted header
 #: cannot make the decoder allocate without bound; 2**28 pixels is e.g. 16384 x 16384.
@@ -52,25 +60,32 @@ class Container:
 
     model_id: bytes
     size: tuple[int, int]
-    shape: list[int]
+    shape: Any  # a list of ints, or dicts and lists of such lists (see shape_leaves)
     strings: list[list[bytes]]
     version: int = FORMAT_VERSION
 
 
 def pack(
-    model_id: bytes, size: tuple[int, int], shape: Sequence[int], strings: Sequence[Sequence[bytes]]
+    model_id: bytes, size: tuple[int, int], shape: Any, strings: Sequence[Sequence[bytes]]
 ) -> bytes:
-    """Serialise bitstreams with their model id, image size and latent shape (adds a CRC32)."""
+    """Serialise bitstreams with their model id, image size and latent shape (adds a CRC32).
+
+    ``shape``: a list of ints (format version 1), or dicts and lists of such lists (version 2).
+    """
     if len(model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes, got {len(model_id)}")
-    if isinstance(shape, dict):
-        raise ValueError(f"cannot pack: this model reports named latent shapes ({', '.join(shape)}), which container "
-                         f"format {FORMAT_VERSION} does not store yet; `dynaquant eval` codes such models for real")
-    problem = _check_header(tuple(size), list(shape))
+    plain = isinstance(shape, (list, tuple)) and all(isinstance(d, int) for d in shape)
+    problem = _check_header(tuple(size), list(shape) if plain else shape)
     if problem:
         raise ValueError(f"cannot pack: {problem}")
-    parts = [_HEAD.pack(MAGIC, FORMAT_VERSION, model_id, size[0], size[1], len(shape))]
-    parts += [_U32.pack(int(d)) for d in shape]
+    if plain:
+        parts = [_HEAD.pack(MAGIC, FORMAT_VERSION, model_id, size[0], size[1], len(shape))]
+        parts += [_U32.pack(int(d)) for d in shape]
+    else:
+        text = json.dumps(shape, separators=(",", ":")).encode()
+        if len(text) > 0xFFFF:
+            raise ValueError(f"cannot pack: the latent shape takes {len(text)} bytes as JSON, more than 65535")
+        parts = [_HEAD.pack(MAGIC, STRUCTURED_SHAPE_VERSION, model_id, size[0], size[1], 0), _U16.pack(len(text)), text]
     parts.append(_U8.pack(len(strings)))
     for group in strings:
         parts.append(_U16.pack(len(group)))
@@ -122,9 +137,10 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
     if len(data) < _HEAD.size + _U32.size:
         raise ContainerError("damaged file: truncated")
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, STRUCTURED_SHAPE_VERSION):
         raise ContainerError(
-            f"unsupported format version {version} (this build reads version {FORMAT_VERSION})"
+            f"unsupported format version {version} (this build reads versions {FORMAT_VERSION} and "
+            f"{STRUCTURED_SHAPE_VERSION})"
         )
     body, (stored,) = data[:-4], _U32.unpack(data[-4:])
     computed = zlib.crc32(body)
@@ -139,7 +155,10 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
             f"wrong model: the file was encoded with model {model_id.hex()}, "
             f"the given checkpoint is model {expected_model_id.hex()}"
         )
-    shape = [reader.read(_U32) for _ in range(ndim)]
+    if version == STRUCTURED_SHAPE_VERSION:
+        shape = _read_structured_shape(reader)
+    else:
+        shape = [reader.read(_U32) for _ in range(ndim)]
     lengths = [[reader.read(_U32) for _ in range(reader.read(_U16))] for _ in range(reader.read(_U8))]
     strings = [[reader.take(n) for n in group] for group in lengths]
     if reader.pos != len(body):
@@ -150,13 +169,47 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> Container:
     return Container(model_id, (height, width), shape, strings, version)
 
 
-def _check_header(size: tuple[int, int], shape: list[int]) -> str:
+def shape_leaves(shape: Any) -> list[list[int]]:
+    """The plain shapes inside a latent shape, in order (one for a plain shape).
+
+    >>> shape_leaves({"y": [[4, 8, 8], [8, 8, 8]], "hyper": [2, 2]})
+    [[4, 8, 8], [8, 8, 8], [2, 2]]
+    """
+    if isinstance(shape, dict):
+        return [leaf for value in shape.values() for leaf in shape_leaves(value)]
+    if shape and all(isinstance(s, (dict, list)) for s in shape):
+        return [leaf for value in shape for leaf in shape_leaves(value)]
+    return [list(shape)]
+
+
+def _read_structured_shape(reader: _Reader) -> Any:
+    try:
+        return json.loads(reader.take(reader.read(_U16)).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ContainerError("damaged file: the latent shape is not readable") from None
+
+
+def _shape_problem(shape: Any, depth: int = 0) -> str:
+    """Why a (possibly structured) latent shape is unusable ('' if it is fine)."""
+    if depth > MAX_SHAPE_DEPTH:
+        return f"latent shape nested deeper than {MAX_SHAPE_DEPTH}"
+    if isinstance(shape, dict) and shape and all(isinstance(k, str) for k in shape):
+        return next(filter(None, (_shape_problem(v, depth + 1) for v in shape.values())), "")
+    if isinstance(shape, list) and shape and all(isinstance(s, (dict, list)) for s in shape):
+        return next(filter(None, (_shape_problem(v, depth + 1) for v in shape)), "")
+    if isinstance(shape, list) and shape and all(type(d) is int and d >= 1 for d in shape):
+        return ""
+    return f"invalid latent shape {shape}"
+
+
+def _check_header(size: tuple[int, int], shape: Any) -> str:
     """Why an image size and latent shape cannot be decoded ('' if they can)."""
     height, width = size
     if height < 1 or width < 1:
         return f"empty image size {width}x{height}"
     if height * width > MAX_PIXELS:
         return f"image size {width}x{height} exceeds the limit of {MAX_PIXELS} pixels"
-    if not shape or min(shape) < 1:
-        return f"invalid latent shape {shape}"
-    return ""
+    problem = _shape_problem(shape)
+    if not problem and len(shape_leaves(shape)) > MAX_SHAPES:
+        problem = f"latent shape holds more than {MAX_SHAPES} shapes"
+    return problem
