@@ -172,13 +172,15 @@ def test_agrees_with_compressai_eval_model(
 
 
 @pytest.mark.parametrize("arch", ["cheng2020-anchor-checkerboard", "elic2022-official"])
-def test_structured_latent_shapes_code_for_real_through_the_container(arch: str) -> None:
+def test_structured_latent_shapes_code_for_real_through_the_container(arch: str, tmp_path: Path) -> None:
     """Models on a CompressAI latent codec report one shape per named latent (Cheng2020's checkerboard)
-    or per channel group (ELIC); the container stores them (format version 2) and decodes the same."""
+    or per channel group (ELIC); the container stores them (format version 2) and decodes the same.
+    save_model keeps the constructor arguments the weights alone do not tell (ELIC's M and groups)."""
     import torch
     from compressai.registry import MODELS
 
     from dynaquant_brevitas.evaluation.coding import decode_image, prepare_for_coding
+    from dynaquant_brevitas.io.checkpoint import CheckpointError, load_model, save_model, state_dict_fingerprint
     from dynaquant_brevitas.io.container import pack, unpack
 
     torch.manual_seed(0)
@@ -193,3 +195,8 @@ def test_structured_latent_shapes_code_for_real_through_the_container(arch: str)
     assert blob[4] == 2 and box.shape == coded.shape and box.version == 2
     assert torch.equal(decode_image(model, box.strings, box.shape, box.size), direct)
     assert direct.shape == x.shape
+    reloaded = load_model(save_model(model, tmp_path / "model.pt"))
+    assert state_dict_fingerprint(reloaded) == state_dict_fingerprint(model)
+    with pytest.raises(CheckpointError, match="would not rebuild"):  # refused before anything is written
+        save_model(model, tmp_path / "wrong.pt", model_kwargs={"N": 4})
+    assert not (tmp_path / "wrong.pt").exists()
