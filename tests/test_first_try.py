@@ -507,3 +507,18 @@ def test_icc_profiles_are_converted_or_warned_about(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "broken.png", icc_profile=b"not a profile")
     with pytest.warns(UserWarning, match="ICC colour profile cannot be applied"):
         read_image_uint8(tmp_path / "broken.png")
+
+
+@pytest.mark.parametrize("arch", ["elic2022-official", "elic2022-chandelier"])
+def test_a_plain_elic_state_dict_with_its_own_channel_groups_loads(arch, tmp_path):
+    """CompressAI's from_state_dict sizes ELIC by N alone; M and the groups come from the tensors."""
+    from compressai.registry import MODELS
+
+    from dynaquant_brevitas.io.checkpoint import load_any, model_from_checkpoint, state_dict_fingerprint
+
+    torch.manual_seed(0)
+    model = MODELS[arch](N=8, M=48, groups=[8, 4, 8, 12, 16])
+    torch.save(model.state_dict(), tmp_path / "elic.pth")
+    ckpt = load_any(tmp_path / "elic.pth", arch=arch)
+    assert ckpt["model_kwargs"] == {"N": 8, "M": 48, "groups": [8, 4, 8, 12, 16]}
+    assert state_dict_fingerprint(model_from_checkpoint(ckpt)) == state_dict_fingerprint(model)

@@ -345,10 +345,28 @@ def constructor_kwargs(cls: type[nn.Module], state: Mapping[str, torch.Tensor]) 
     except _Built as built:
         args, kwargs = built.call
         bound = inspect.signature(cls).bind(*args, **kwargs)
-        return {**bound.kwargs, **dict(zip(inspect.signature(cls).parameters, bound.args))}
+        inferred = {**bound.kwargs, **dict(zip(inspect.signature(cls).parameters, bound.args))}
+        return {**_channel_groups(state), **inferred} if "groups" in inspect.signature(cls).parameters else inferred
     except Exception:  # its size inference reads keys this state dict does not have
         return None
     return None
+
+
+def _channel_groups(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``M`` and ``groups`` of a channel-grouped latent codec (ELIC) from its tensors, which
+    CompressAI's ``from_state_dict`` does not read: the context network of group ``k > 0`` ends in
+    its means and scales (twice its channels), the hyper-analysis takes all ``M`` ({} if the keys
+    are not there)."""
+    hyper = state.get("latent_codec.hyper.h_a.0.weight")
+    last: dict[int, tuple[int, int]] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"latent_codec\.y\.channel_context\.y(\d+)\.(\d+)\.weight", key):
+            group, layer = int(m.group(1)), int(m.group(2))
+            last[group] = max(last.get(group, (-1, 0)), (layer, int(value.shape[0]) // 2))
+    if hyper is None or not last:
+        return {}
+    later = [last[group][1] for group in sorted(last)]
+    return {"M": int(hyper.shape[1]), "groups": [int(hyper.shape[1]) - sum(later)] + later}
 
 
 def infer_architecture(
@@ -520,7 +538,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: str | None = Non
 
 def _model_kwargs(model: nn.Module, arch: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Constructor arguments from the weights (CompressAI's ``from_state_dict``), completed from the
-    model's attributes of the same names: ELIC infers only ``N`` and keeps ``groups``, whose sum is ``M``."""
+    model's attributes of the same names."""
     cls = architectures()[arch]
     kwargs = constructor_kwargs(cls, state)
     if kwargs is None:
@@ -528,8 +546,6 @@ def _model_kwargs(model: nn.Module, arch: str, state: Mapping[str, torch.Tensor]
     for name in inspect.signature(cls).parameters:
         if name not in kwargs and isinstance(getattr(model, name, None), (int, float, list, tuple)):
             kwargs[name] = getattr(model, name)
-    if "groups" in kwargs and "M" in inspect.signature(cls).parameters and "M" not in kwargs:
-        kwargs["M"] = int(sum(kwargs["groups"]))
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
