@@ -509,9 +509,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: str | None = Non
     ``DynaQuantConfig``, frozen profile and weights.
 
     ``arch`` is the CompressAI registry name; by default the one whose class ``model`` is, with
-    the constructor arguments inferred from its weights and attributes (``model_kwargs`` gives
-    them instead); a model those arguments would not rebuild is refused before anything is
-    written. ``compact`` stores quantized weights as integers (:func:`compact_checkpoint`).
+    the constructor arguments inferred from its weights (``model_kwargs`` gives them instead); a
+    model those arguments would not rebuild is refused before anything is written. ``compact`` stores quantized weights as integers (:func:`compact_checkpoint`).
 
     Example:
         >>> import tempfile, torch
@@ -525,7 +524,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: str | None = Non
     """
     arch = arch or _registry_name(model)
     state = _float_view(unwrap(model).state_dict())
-    kwargs = dict(model_kwargs) if model_kwargs is not None else _model_kwargs(unwrap(model), arch, state)
+    kwargs = dict(model_kwargs) if model_kwargs is not None else constructor_kwargs(architectures()[arch], state)
+    if kwargs is None:
+        raise CheckpointError(f"cannot infer the constructor arguments of {arch} from the model's weights; "
+                              "pass them as model_kwargs")
     problem = state_dict_mismatch(build_model(arch, kwargs), state)
     if problem:
         raise CheckpointError(f"{arch}{kwargs} would not rebuild this model ({problem}); pass its constructor "
@@ -534,19 +536,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, arch: str | None = Non
     if getattr(model, "dynaquant_profile", None) is not None:
         ckpt["profile"] = dict(model.dynaquant_profile)
     return save_atomic(compact_checkpoint(ckpt, model) if compact else ckpt, path)
-
-
-def _model_kwargs(model: nn.Module, arch: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Constructor arguments from the weights (CompressAI's ``from_state_dict``), completed from the
-    model's attributes of the same names."""
-    cls = architectures()[arch]
-    kwargs = constructor_kwargs(cls, state)
-    if kwargs is None:
-        raise CheckpointError(f"cannot infer the constructor arguments of {arch} from the model's weights")
-    for name in inspect.signature(cls).parameters:
-        if name not in kwargs and isinstance(getattr(model, name, None), (int, float, list, tuple)):
-            kwargs[name] = getattr(model, name)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
 def quant_config_of(model: nn.Module) -> dict[str, Any] | None:

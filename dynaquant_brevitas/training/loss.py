@@ -50,9 +50,10 @@ def rd_loss(
     """
     n, _, h, w = x.shape
     terms = {"bpp": bpp_of(out, n * h * w), "mse": torch.mean((out["x_hat"] - x) ** 2)}
+    measured = distortion(out["x_hat"], x, metric)
     if metric == "ms-ssim":
-        terms["ms_ssim"] = ms_ssim(out["x_hat"], x, data_range=1.0)
-    terms["loss"] = terms["bpp"] + lmbda * (1 - terms["ms_ssim"] if metric == "ms-ssim" else 255**2 * terms["mse"])
+        terms["ms_ssim"] = 1 - measured
+    terms["loss"] = terms["bpp"] + lmbda * measured
     record = out.get("bits")
     if isinstance(record, Mapping) and record.get("layers"):
         terms["bits"] = bit_loss(out, bit_cost)
